@@ -1,0 +1,442 @@
+"""The portfolio directory: the one contract between the training side and the deployment side.
+
+A portfolio is a folder holding ``manifest.json`` and one sub-folder per variant::
+
+    portfolio/
+      manifest.json
+      round-03/model.pt2         torch.export program of the compacted model
+      round-03/model.pte         ExecuTorch program, fp32, XNNPACK
+      round-03/model_int8.pte    optional int8 program
+
+This module has no dependency on Lightning or on training code (torch is imported only to load a
+``.pt2``), so deployment code can read portfolios anywhere.
+
+Writes are atomic: every file is written to a temporary name in its final folder and renamed into
+place, and the manifest is rewritten (atomically too) only after a variant's files are complete, so
+a crash never leaves a listed variant whose files are missing or half written. Readers validate the
+schema version, every path (it must stay inside the folder), and each file's size and sha256.
+
+Example::
+
+    >>> import tempfile
+    >>> from lightning_shifter.portfolio import Portfolio, Variant
+    >>> root = tempfile.mkdtemp()
+    >>> p = Portfolio.create(root, input_shape=(1, 1, 8, 8))
+    >>> entry = p.write_file("round-00", "fp32", b"program bytes")
+    >>> p.put_variant(Variant(name="round-00", round=0, density=1.0, params=10, macs=100,
+    ...                       files={"fp32": entry}, metrics={"val_acc_compacted": 0.9}))
+    >>> [v.name for v in Portfolio.open(root).variants]
+    ['round-00']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+# role -> file name inside the variant's folder
+FILE_NAMES = {"pt2": "model.pt2", "fp32": "model.pte", "int8": "model_int8.pte"}
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
+
+
+class PortfolioError(Exception):
+    """A portfolio directory or manifest that cannot be used as it is."""
+
+
+def validate_variant_name(name: str) -> str:
+    """Return ``name`` if it is usable as a folder name and a shell word, else raise."""
+    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+        raise PortfolioError(
+            f"invalid variant name {name!r}: use 1-64 characters from letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a variant: its path relative to the portfolio root, size and sha256."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> FileEntry:
+        if not isinstance(data, dict):
+            raise PortfolioError(f"{where}: expected an object with path, bytes and sha256")
+        path, size, digest = data.get("path"), data.get("bytes"), data.get("sha256")
+        if not isinstance(path, str):
+            raise PortfolioError(f"{where}.path: expected a relative path string, got {path!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise PortfolioError(f"{where}.bytes: expected a non-negative integer, got {size!r}")
+        if not isinstance(digest, str) or not _SHA256_PATTERN.fullmatch(digest):
+            raise PortfolioError(f"{where}.sha256: expected 64 lowercase hex digits, got {digest!r}")
+        _check_relative_path(path, where)
+        return cls(path=path, bytes=size, sha256=digest)
+
+
+@dataclass
+class Variant:
+    """One model of the portfolio and everything measured about it.
+
+    ``density`` is nonzero / original prunable weights of the sparse model it came from; ``params``
+    and ``macs`` describe the compacted model. ``metrics`` holds accuracies such as
+    ``val_acc_sparse``, ``val_acc_compacted`` and ``val_acc_int8``; ``host`` and ``devices`` hold
+    latency and memory measurements per precision (``devices`` keyed by device id).
+    """
+
+    name: str
+    round: int
+    density: float
+    params: int
+    macs: int
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    exactness_error: float | None = None
+    compaction: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    devices: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_variant_name(self.name)
+
+    @property
+    def accuracy(self) -> float | None:
+        """The best-known accuracy of the deployed model: compacted, else sparse."""
+        for key in ("val_acc_compacted", "val_acc_sparse"):
+            if key in self.metrics:
+                return float(self.metrics[key])
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["files"] = {role: entry.to_json() for role, entry in self.files.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Variant:
+        if not isinstance(data, dict):
+            raise PortfolioError(f"{where}: expected an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        required = ("name", "round", "density", "params", "macs")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise PortfolioError(f"{where}: missing field(s) {', '.join(missing)}")
+        name = data["name"]
+        try:
+            validate_variant_name(name)
+        except PortfolioError as err:
+            raise PortfolioError(f"{where}: {err}") from None
+        files_data = data.get("files", {})
+        if not isinstance(files_data, dict):
+            raise PortfolioError(f"{where}.files: expected an object mapping role to file")
+        unknown_roles = sorted(set(files_data) - set(FILE_NAMES))
+        if unknown_roles:
+            raise PortfolioError(
+                f"{where}.files: unknown role(s) {unknown_roles}; known roles are {sorted(FILE_NAMES)}"
+            )
+        files = {role: FileEntry.from_json(entry, f"{where}.files.{role}") for role, entry in files_data.items()}
+        density = data["density"]
+        if not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
+            raise PortfolioError(f"{where}.density: expected a number in [0, 1], got {density!r}")
+        fields = {key: value for key, value in data.items() if key in known}
+        fields["files"] = files
+        return cls(**fields)
+
+
+class Portfolio:
+    """A portfolio directory: read with :meth:`open`, start with :meth:`create`.
+
+    Single writer: one process at a time updates a portfolio's manifest (parallel exporters write
+    their files with :meth:`write_file` and let one process record them).
+    """
+
+    def __init__(self, root: str | os.PathLike, input_shape: Sequence[int], input_dtype: str = "float32",
+                 variants: Sequence[Variant] = (), extra: dict[str, Any] | None = None) -> None:
+        self.root = Path(root)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.input_dtype = input_dtype
+        self._variants: dict[str, Variant] = {}
+        self.extra = dict(extra or {})
+        for variant in variants:
+            self._variants[variant.name] = variant
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, root: str | os.PathLike, input_shape: Sequence[int], input_dtype: str = "float32") -> Portfolio:
+        """Create an empty portfolio, or open the existing one at ``root`` if its input matches."""
+        root = Path(root)
+        if (root / MANIFEST_NAME).exists():
+            existing = cls.open(root, verify=False)
+            if existing.input_shape != tuple(input_shape) or existing.input_dtype != input_dtype:
+                raise PortfolioError(
+                    f"{root} already holds a portfolio for input {list(existing.input_shape)} "
+                    f"{existing.input_dtype}, not {list(input_shape)} {input_dtype}: choose another folder"
+                )
+            return existing
+        if input_dtype not in _DTYPES:
+            raise PortfolioError(f"unsupported input dtype {input_dtype!r}; use one of {_DTYPES}")
+        if not input_shape or any(int(d) <= 0 for d in input_shape):
+            raise PortfolioError(f"input_shape must be a non-empty sequence of positive sizes, got {input_shape!r}")
+        root.mkdir(parents=True, exist_ok=True)
+        portfolio = cls(root, input_shape, input_dtype)
+        portfolio.save()
+        return portfolio
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, verify: bool | str = True) -> Portfolio:
+        """Read and validate a portfolio.
+
+        Args:
+            root: the portfolio directory.
+            verify: ``True`` or ``"sha256"`` checks every listed file's size and sha256, ``"size"``
+                only existence and size, ``False`` only the manifest itself.
+        """
+        root = Path(root)
+        manifest_path = root / MANIFEST_NAME
+        if not root.is_dir():
+            raise PortfolioError(f"{root} is not a directory; pass the folder that holds {MANIFEST_NAME}")
+        if not manifest_path.is_file():
+            raise PortfolioError(
+                f"{manifest_path} does not exist: this is not a portfolio (create one with the Compaction "
+                "callback or Portfolio.create)"
+            )
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PortfolioError(
+                f"{manifest_path} is not valid JSON ({err}); the file is corrupt: restore it or recreate the portfolio"
+            ) from None
+        portfolio = cls._from_json(root, data)
+        if verify:
+            portfolio.verify(sha256=verify is True or verify == "sha256")
+        return portfolio
+
+    @classmethod
+    def _from_json(cls, root: Path, data: Any) -> Portfolio:
+        where = str(root / MANIFEST_NAME)
+        if not isinstance(data, dict):
+            raise PortfolioError(f"{where}: expected a JSON object at the top level")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PortfolioError(
+                f"{where}: schema_version {version!r} is not supported (this lightning-shifter reads "
+                f"schema_version {SCHEMA_VERSION}); use the lightning-shifter version that wrote it"
+            )
+        spec = data.get("input")
+        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or not all(
+            isinstance(d, int) and d > 0 for d in spec["shape"]
+        ):
+            raise PortfolioError(f"{where}: 'input' must be an object with a 'shape' list of positive integers")
+        dtype = spec.get("dtype", "float32")
+        if dtype not in _DTYPES:
+            raise PortfolioError(f"{where}: unsupported input dtype {dtype!r}")
+        variants_data = data.get("variants", [])
+        if not isinstance(variants_data, list):
+            raise PortfolioError(f"{where}: 'variants' must be a list")
+        variants = [Variant.from_json(v, f"{where}: variants[{i}]") for i, v in enumerate(variants_data)]
+        names = [v.name for v in variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise PortfolioError(f"{where}: duplicate variant name(s) {duplicates}")
+        extra = {k: v for k, v in data.items() if k not in ("schema_version", "generator", "input", "variants")}
+        return cls(root, spec["shape"], dtype, variants, extra)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def variants(self) -> list[Variant]:
+        """Variants in round order (then by name)."""
+        return sorted(self._variants.values(), key=lambda v: (v.round, v.name))
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variants]
+
+    def __getitem__(self, name: str) -> Variant:
+        try:
+            return self._variants[name]
+        except KeyError:
+            raise PortfolioError(
+                f"no variant named {name!r} in {self.root}; known variants: {', '.join(self.names) or 'none'}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._variants
+
+    def __iter__(self) -> Iterator[Variant]:
+        return iter(self.variants)
+
+    def __len__(self) -> int:
+        return len(self._variants)
+
+    def file_path(self, name: str, role: str) -> Path:
+        """Absolute path of a variant's file, checked to stay inside the portfolio."""
+        variant = self[name]
+        if role not in variant.files:
+            raise PortfolioError(
+                f"variant {name!r} has no {role!r} file (it has {sorted(variant.files) or 'none'}); "
+                + ("export the portfolio first" if role in ("fp32", "int8") else "recreate the variant")
+            )
+        return self._resolve(variant.files[role].path, f"variant {name!r} {role}")
+
+    def verify(self, sha256: bool = True) -> None:
+        """Check that every listed file exists with the recorded size (and sha256)."""
+        for variant in self.variants:
+            for role, entry in variant.files.items():
+                self.verify_file(variant.name, role, sha256=sha256)
+
+    def verify_file(self, name: str, role: str, sha256: bool = True) -> Path:
+        entry = self[name].files.get(role)
+        path = self.file_path(name, role)
+        what = f"{path} (variant {name!r}, {role})"
+        if not path.is_file():
+            raise PortfolioError(f"{what} is listed in the manifest but missing: re-export or recreate the variant")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise PortfolioError(
+                f"{what} has {size} bytes, the manifest says {entry.bytes}: the file is truncated or was "
+                "replaced; re-export it"
+            )
+        if sha256 and sha256_file(path) != entry.sha256:
+            raise PortfolioError(f"{what} does not match its sha256 in the manifest: the file is corrupt or was tampered with; re-export it")
+        return path
+
+    def load_module(self, name: str) -> Any:
+        """Load a variant's compacted model (``model.pt2``) as a runnable module, without pickle."""
+        import torch
+
+        path = self.verify_file(name, "pt2")
+        return torch.export.load(path).module()
+
+    def pareto_front(self, costs: Sequence[str] = ("params", "macs")) -> list[Variant]:
+        """Variants not dominated in (higher accuracy, lower ``costs``); those without accuracy are left out."""
+        scored = [v for v in self.variants if v.accuracy is not None]
+
+        def dominates(a: Variant, b: Variant) -> bool:
+            no_worse = a.accuracy >= b.accuracy and all(getattr(a, c) <= getattr(b, c) for c in costs)
+            better = a.accuracy > b.accuracy or any(getattr(a, c) < getattr(b, c) for c in costs)
+            return no_worse and better
+
+        return [v for v in scored if not any(dominates(o, v) for o in scored if o is not v)]
+
+    # ------------------------------------------------------------------ writing
+    def write_file(self, name: str, role: str, data: bytes | Callable[[BinaryIO], None]) -> FileEntry:
+        """Atomically write one file of a variant and return its entry (the manifest is not touched).
+
+        ``data`` is the file's bytes, or a function that writes them to a binary file object (e.g.
+        ``lambda f: torch.export.save(program, f)``).
+        """
+        validate_variant_name(name)
+        if role not in FILE_NAMES:
+            raise PortfolioError(f"unknown file role {role!r}; known roles are {sorted(FILE_NAMES)}")
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / FILE_NAMES[role]
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if callable(data):
+                    data(f)
+                else:
+                    f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = sha256_file(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return FileEntry(path=f"{name}/{target.name}", bytes=target.stat().st_size, sha256=digest)
+
+    def put_variant(self, variant: Variant) -> None:
+        """Add or replace a variant (by name) and save the manifest; its files must already exist."""
+        for role in variant.files:
+            self._resolve(variant.files[role].path, f"variant {variant.name!r} {role}")
+        self._variants[variant.name] = variant
+        for role in variant.files:
+            self.verify_file(variant.name, role, sha256=False)
+        self.save()
+
+    def update_variant(self, name: str, **changes: Any) -> Variant:
+        """Merge ``changes`` into a variant (dict fields are merged key by key) and save the manifest."""
+        variant = self[name]
+        for key, value in changes.items():
+            if not hasattr(variant, key):
+                raise PortfolioError(f"Variant has no field {key!r}")
+            current = getattr(variant, key)
+            if isinstance(current, dict) and isinstance(value, dict):
+                current.update(value)
+            else:
+                setattr(variant, key, value)
+        self.put_variant(variant)
+        return variant
+
+    def save(self) -> None:
+        """Atomically rewrite ``manifest.json``."""
+        from lightning_shifter import __version__
+
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "generator": f"lightning-shifter {__version__}",
+            "input": {"shape": list(self.input_shape), "dtype": self.input_dtype},
+            **self.extra,
+            "variants": [v.to_json() for v in self.variants],
+        }
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / MANIFEST_NAME)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # ------------------------------------------------------------------ helpers
+    def _resolve(self, relative: str, what: str) -> Path:
+        _check_relative_path(relative, what)
+        root = self.root.resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):
+            raise PortfolioError(f"{what}: path {relative!r} leaves the portfolio directory (through a link)")
+        return path
+
+    def __repr__(self) -> str:
+        return f"Portfolio({str(self.root)!r}, input={list(self.input_shape)} {self.input_dtype}, variants={self.names})"
+
+
+def _check_relative_path(relative: str, what: str) -> None:
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or "\\" in relative or any(part in ("..", "") for part in relative.split("/")):
+        raise PortfolioError(
+            f"{what}: path {relative!r} must be relative and stay inside the portfolio directory; "
+            "the manifest is corrupt or was tampered with"
+        )
