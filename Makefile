@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench runner clean
+.PHONY: demo test bench runner runner-aarch64 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+runner: $(STAMP)
+	PYTHON=$(BIN)/python mobile/build.sh host
+
+runner-aarch64: $(STAMP)
+	PYTHON=$(BIN)/python mobile/build.sh aarch64
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

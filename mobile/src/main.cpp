@@ -1,0 +1,252 @@
+// shifter_runner: loads every variant of a lightning-shifter portfolio once and serves JSON-lines
+// requests on stdin/stdout (see mobile/README.md for the protocol).
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "manifest.h"
+#include "protocol.h"
+#include "runner.h"
+#include "sha256.h"
+#include "threads.h"
+
+namespace {
+
+using nlohmann::json;
+using namespace shifter;
+
+constexpr int kExitFatal = 2;
+
+const char* kUsage =
+    "usage: shifter_runner --portfolio DIR [--precision fp32|int8] [--variants a,b,...]\n"
+    "                      [--threads N] [--verify sha256|size|none] [--isolate on|off]\n"
+    "                      [--bench [--warmup N] [--runs N]]\n"
+    "       shifter_runner --sha256 FILE...\n"
+    "       shifter_runner --help | --version\n"
+    "Serves JSON lines on stdin/stdout; see mobile/README.md.\n";
+
+void emit(const json& message) {
+  const std::string line = message.dump(-1, ' ', false, json::error_handler_t::replace);
+  std::fwrite(line.data(), 1, line.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+}
+
+[[noreturn]] void fatal(const std::string& error) {
+  emit({{"event", "fatal"}, {"error", error}});
+  std::exit(kExitFatal);
+}
+
+struct Options {
+  std::string portfolio;
+  RunnerOptions runner;
+  int64_t threads = 0;  // 0 = ExecuTorch's default
+  bool bench = false;
+  int64_t warmup = 5;
+  int64_t runs = 50;
+  std::vector<std::string> sha256_files;
+};
+
+int64_t parse_count(const std::string& flag, const char* text, int64_t min, int64_t max) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || value < min || value > max) {
+    fatal(flag + " takes an integer from " + std::to_string(min) + " to " + std::to_string(max) +
+          ", got '" + text + "'");
+  }
+  return value;
+}
+
+Options parse_options(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) fatal(flag + " needs a value\n" + kUsage);
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (flag == "--version") {
+      emit({{"runner", "shifter_runner " SHIFTER_RUNNER_VERSION},
+            {"executorch", SHIFTER_EXECUTORCH_VERSION}});
+      std::exit(0);
+    } else if (flag == "--portfolio") {
+      options.portfolio = value();
+    } else if (flag == "--precision") {
+      options.runner.precision = value();
+      if (options.runner.precision != "fp32" && options.runner.precision != "int8") {
+        fatal("--precision must be fp32 or int8, got '" + options.runner.precision + "'");
+      }
+    } else if (flag == "--variants") {
+      const std::string list = value();
+      size_t start = 0;
+      while (start <= list.size()) {
+        const size_t comma = std::min(list.find(',', start), list.size());
+        const std::string name = list.substr(start, comma - start);
+        if (!is_valid_variant_name(name)) {
+          fatal("--variants holds '" + name + "', which is not a variant name");
+        }
+        options.runner.only_variants.push_back(name);
+        start = comma + 1;
+      }
+    } else if (flag == "--threads") {
+      options.threads = parse_count(flag, value(), 1, 1024);
+      options.runner.threads = uint32_t(options.threads);
+    } else if (flag == "--verify") {
+      const std::string level = value();
+      if (level == "sha256") options.runner.verify = Verify::Sha256;
+      else if (level == "size") options.runner.verify = Verify::Size;
+      else if (level == "none") options.runner.verify = Verify::None;
+      else fatal("--verify must be sha256, size or none, got '" + level + "'");
+    } else if (flag == "--isolate") {
+      const std::string mode = value();
+      if (mode != "on" && mode != "off") fatal("--isolate must be on or off, got '" + mode + "'");
+      options.runner.isolate = mode == "on";
+    } else if (flag == "--bench") {
+      options.bench = true;
+    } else if (flag == "--warmup") {
+      options.warmup = parse_count(flag, value(), 0, 100000);
+    } else if (flag == "--runs") {
+      options.runs = parse_count(flag, value(), 1, 100000);
+    } else if (flag == "--sha256") {
+      for (++i; i < argc; ++i) options.sha256_files.push_back(argv[i]);
+      if (options.sha256_files.empty()) fatal("--sha256 needs at least one file");
+    } else {
+      fatal("unknown argument '" + flag + "'\n" + kUsage);
+    }
+  }
+  if (options.sha256_files.empty() && options.portfolio.empty()) {
+    fatal(std::string("--portfolio DIR is required\n") + kUsage);
+  }
+  return options;
+}
+
+// Reads one line of at most kMaxLineBytes (the rest of a longer line is discarded and
+// `too_long` set). Returns false at end of input.
+bool read_line(std::FILE* in, std::string& line, bool& too_long) {
+  line.clear();
+  too_long = false;
+  bool any = false;
+  for (int c; (c = std::getc(in)) != EOF;) {
+    any = true;
+    if (c == '\n') break;
+    if (line.size() < kMaxLineBytes) line.push_back(char(c));
+    else too_long = true;
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return any;
+}
+
+json error_line(const json& cmd, const json& id, const std::string& error) {
+  json response = {{"ok", false}, {"cmd", cmd}, {"error", error}};
+  if (!id.is_null()) response["id"] = id;
+  return response;
+}
+
+json success_line(const Request& request, json fields) {
+  fields["ok"] = true;
+  fields["cmd"] = request.cmd;
+  if (!request.id.is_null()) fields["id"] = request.id;
+  return fields;
+}
+
+int serve(Runner& runner) {
+  std::string line;
+  bool too_long;
+  while (read_line(stdin, line, too_long)) {
+    if (too_long) {
+      emit(error_line(nullptr, nullptr,
+                      "request line longer than " + std::to_string(kMaxLineBytes) +
+                          " bytes; send one short JSON object per line"));
+      continue;
+    }
+    Request request;
+    try {
+      request = parse_request(line);
+    } catch (const ProtocolError& e) {
+      emit(error_line(e.cmd, e.id, e.what()));
+      continue;
+    }
+    try {
+      emit(success_line(request, runner.handle(request)));
+    } catch (const CommandError& e) {
+      emit(error_line(request.cmd, request.id, e.what()));
+    } catch (const std::exception& e) {
+      emit(error_line(request.cmd, request.id, std::string("internal error: ") + e.what()));
+    }
+    if (request.cmd == "quit") {
+      return 0;
+    }
+  }
+  return 0;
+}
+
+int bench_once(Runner& runner, const Options& options) {
+  for (const auto& variant : runner.variants()) {
+    Request request;
+    request.cmd = "bench";
+    request.variant = variant->name;
+    request.warmup = options.warmup;
+    request.runs = options.runs;
+    try {
+      emit(success_line(request, runner.handle(request)));
+    } catch (const std::exception& e) {
+      emit(error_line(request.cmd, nullptr, e.what()));
+      return 1;
+    }
+  }
+  Request stats;
+  stats.cmd = "stats";
+  emit(success_line(stats, runner.handle(stats)));
+  return runner.failed().empty() && !runner.empty() ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const auto start = std::chrono::steady_clock::now();
+  const Options options = parse_options(argc, argv);
+  if (!options.sha256_files.empty()) {
+    for (const std::string& path : options.sha256_files) {
+      try {
+        emit({{"path", path}, {"sha256", sha256_file(path)}});
+      } catch (const std::exception& e) {
+        fatal(e.what());
+      }
+    }
+    return 0;
+  }
+  if (options.threads > 0 && !set_thread_count(uint32_t(options.threads))) {
+    fatal("could not resize ExecuTorch's thread pool to " + std::to_string(options.threads));
+  }
+  Manifest manifest;
+  try {
+    manifest = read_manifest(options.portfolio, options.runner.precision);
+  } catch (const ManifestError& e) {
+    fatal(e.what());
+  }
+  for (const std::string& wanted : options.runner.only_variants) {
+    bool known = false;
+    std::string names;
+    for (const auto& variant : manifest.variants) {
+      known = known || variant.name == wanted;
+      names += (names.empty() ? "" : ", ") + variant.name;
+    }
+    if (!known) fatal("--variants names '" + wanted + "', which the manifest does not list; it lists: " + names);
+  }
+  Runner runner(options.portfolio, std::move(manifest), options.runner);
+  const double startup_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  emit(runner.ready_event(startup_ms));
+  return options.bench ? bench_once(runner, options) : serve(runner);
+}

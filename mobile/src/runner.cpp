@@ -1,0 +1,420 @@
+#include "runner.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+
+#include "isolated_check.h"
+#include "process_stats.h"
+#include "threads.h"
+
+namespace shifter {
+namespace {
+
+using executorch::extension::Module;
+using executorch::runtime::Error;
+using executorch::runtime::Program;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double elapsed_ms(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// Latencies are reported to 0.1 microsecond; more digits would only be noise.
+double rounded(double value, double scale = 1e4) {
+  return std::round(value * scale) / scale;
+}
+
+// Nearest-rank percentile of sorted values: the smallest value with at least p% at or below it.
+double percentile(const std::vector<double>& sorted, double p) {
+  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * sorted.size()));
+  return sorted[std::max<size_t>(rank, 1) - 1];
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    out += (i ? "," : "") + std::to_string(shape[i]);
+  }
+  return out + "]";
+}
+
+}  // namespace
+
+void fill_pattern(std::vector<float>& values) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    values[i] = static_cast<float>((i * 37) % 101) / 50.0f - 1.0f;
+  }
+}
+
+Runner::Runner(std::string portfolio_dir, Manifest manifest, RunnerOptions options)
+    : portfolio_dir_(std::move(portfolio_dir)),
+      manifest_(std::move(manifest)),
+      options_(std::move(options)) {
+  size_t numel = 1;
+  for (int32_t dim : manifest_.input_shape) numel *= size_t(dim);
+  input_.resize(numel);
+  fill_pattern(input_);
+  isolation_ = options_.isolate ? "subprocess" : "off";
+  input_tensor_ = executorch::extension::from_blob(
+      input_.data(), {manifest_.input_shape.begin(), manifest_.input_shape.end()});
+
+  for (VariantFile& file : manifest_.variants) {
+    const bool wanted = options_.only_variants.empty() ||
+                        std::find(options_.only_variants.begin(), options_.only_variants.end(),
+                                  file.name) != options_.only_variants.end();
+    if (!wanted) {
+      continue;
+    }
+    const auto verify_start = Clock::now();
+    verify_variant_file(file, options_.verify);
+    const double verify_ms = elapsed_ms(verify_start);
+    std::string error = file.error;
+    double check_ms = 0;
+    if (error.empty() && isolation_ == "subprocess") {
+      const auto check_start = Clock::now();
+      const IsolatedCheck check =
+          check_in_subprocess(portfolio_dir_, options_.precision, file.name, options_.threads);
+      check_ms = elapsed_ms(check_start);
+      if (check.outcome == IsolatedCheck::Outcome::Crashed) {
+        error = "variant '" + file.name + "': loading it crashed a trial process (" + check.detail +
+                "); the .pte is corrupt although it matches the manifest, re-export it";
+      } else if (check.outcome == IsolatedCheck::Outcome::Unavailable) {
+        isolation_ = "unavailable: " + check.detail;
+        check_ms = 0;
+      }
+    }
+    std::unique_ptr<LoadedVariant> variant;
+    if (error.empty()) {
+      try {
+        variant = load_variant(file, error);
+      } catch (const std::exception& e) {  // e.g. bad_alloc for a corrupt memory plan
+        error = "variant '" + file.name + "': loading failed (" + e.what() +
+                "); the .pte is corrupt or not an ExecuTorch program, re-export it";
+      }
+    }
+    if (!variant) {
+      failed_.push_back({{"name", file.name}, {"error", error}});
+      continue;
+    }
+    variant->verify_ms = verify_ms;
+    variant->check_ms = check_ms;
+    by_name_[variant->name] = variant.get();
+    variants_.push_back(std::move(variant));
+  }
+  current_ = variants_.empty() ? nullptr : variants_.front().get();
+}
+
+std::unique_ptr<LoadedVariant> Runner::load_variant(const VariantFile& file, std::string& error) {
+  auto variant = std::make_unique<LoadedVariant>();
+  variant->name = file.name;
+  variant->path = file.path;
+  variant->bytes = file.bytes;
+  const auto start = Clock::now();
+  variant->module = std::make_unique<Module>(file.path, Module::LoadMode::Mmap);
+  // Full flatbuffer verification: a corrupt file must fail here, not crash later.
+  Error status = variant->module->load(Program::Verification::InternalConsistency);
+  if (status != Error::Ok) {
+    error = "variant '" + file.name + "': cannot load program '" + file.path + "' (" +
+            executorch::runtime::to_string(status) +
+            "); the .pte is corrupt or was exported for another ExecuTorch version (runner "
+            "built against " SHIFTER_EXECUTORCH_VERSION ")";
+    return nullptr;
+  }
+  auto meta = variant->module->method_meta("forward");
+  if (!meta.ok()) {
+    error = "variant '" + file.name + "': program has no 'forward' method";
+    return nullptr;
+  }
+  auto tensor_meta = meta->num_inputs() == 1 ? meta->input_tensor_meta(0)
+                                             : executorch::runtime::Result<
+                                                   executorch::runtime::TensorInfo>(Error::InvalidArgument);
+  std::vector<int64_t> expected(manifest_.input_shape.begin(), manifest_.input_shape.end());
+  if (!tensor_meta.ok()) {
+    error = "variant '" + file.name + "': forward takes " + std::to_string(meta->num_inputs()) +
+            " inputs; the runner feeds exactly one float32 tensor";
+    return nullptr;
+  }
+  std::vector<int64_t> actual(tensor_meta->sizes().begin(), tensor_meta->sizes().end());
+  if (actual != expected || tensor_meta->scalar_type() != executorch::aten::ScalarType::Float) {
+    error = "variant '" + file.name + "': forward expects a tensor of shape " + shape_text(actual) +
+            " (scalar type " + std::to_string(int(tensor_meta->scalar_type())) +
+            ") but the manifest input is float32 " + shape_text(expected) +
+            "; re-export the variant with the manifest's input shape";
+    return nullptr;
+  }
+  status = variant->module->load_method("forward");
+  if (status != Error::Ok) {
+    error = "variant '" + file.name + "': cannot load method 'forward' (" +
+            executorch::runtime::to_string(status) +
+            "); the program is invalid, or needs an operator or delegate this runner was not "
+            "built with";
+    return nullptr;
+  }
+  variant->load_ms = elapsed_ms(start);
+  try {
+    variant->first_infer_ms = first_inference_ms(*variant);
+  } catch (const CommandError& e) {
+    error = e.what();
+    return nullptr;
+  }
+  return variant;
+}
+
+double Runner::first_inference_ms(LoadedVariant& variant) {
+  fill_pattern(input_);
+  return run(variant, 1).front();
+}
+
+std::vector<double> Runner::run(LoadedVariant& variant, int64_t runs) {
+  std::vector<double> latencies;
+  latencies.reserve(size_t(runs));
+  const executorch::runtime::EValue input(*input_tensor_);
+  for (int64_t i = 0; i < runs; ++i) {
+    const auto start = Clock::now();
+    auto outputs = variant.module->forward(input);
+    latencies.push_back(elapsed_ms(start));
+    if (!outputs.ok()) {
+      throw CommandError("variant '" + variant.name + "': forward failed (" +
+                         executorch::runtime::to_string(outputs.error()) + ")");
+    }
+    ++inferences_;
+    if (i + 1 < runs) {
+      continue;
+    }
+    if (outputs->empty() || !outputs->front().isTensor() ||
+        outputs->front().toTensor().scalar_type() != executorch::aten::ScalarType::Float) {
+      throw CommandError("variant '" + variant.name +
+                         "': first output is not a float32 tensor; the runner reports only that kind");
+    }
+    // The output lives in the method's planned memory: copy it before the next run reuses it.
+    const auto& tensor = outputs->front().toTensor();
+    const float* data = tensor.const_data_ptr<float>();
+    last_output_.assign(data, data + tensor.numel());
+    last_output_shape_.assign(tensor.sizes().begin(), tensor.sizes().end());
+  }
+  return latencies;
+}
+
+LoadedVariant* Runner::activate(const std::string& name) {
+  auto found = by_name_.find(name);
+  if (found == by_name_.end()) {
+    return nullptr;
+  }
+  current_ = found->second;
+  return current_;
+}
+
+LoadedVariant& Runner::resolve(const std::string& name) {
+  if (name.empty()) {
+    if (current_ == nullptr) {
+      throw CommandError("no variant is loaded; see the 'failed' list of the ready line");
+    }
+    return *current_;
+  }
+  auto found = by_name_.find(name);
+  if (found == by_name_.end()) {
+    std::string known;
+    for (const auto& variant : variants_) known += (known.empty() ? "" : ", ") + variant->name;
+    for (const auto& failure : failed_) {
+      if (failure["name"] == name) {
+        throw CommandError("variant '" + name + "' failed to load: " +
+                           failure["error"].get<std::string>());
+      }
+    }
+    throw CommandError("unknown variant '" + name + "'; loaded: " +
+                       (known.empty() ? std::string("(none)") : known));
+  }
+  return *found->second;
+}
+
+json Runner::handle(const Request& request) {
+  if (request.cmd == "switch") return do_switch(request);
+  if (request.cmd == "infer") return infer(request);
+  if (request.cmd == "bench") return bench(request);
+  if (request.cmd == "bench_reload") return bench_reload(request);
+  if (request.cmd == "stats") return stats();
+  if (request.cmd == "quit") return json::object();
+  throw CommandError("command '" + request.cmd + "' is not implemented");
+}
+
+json Runner::do_switch(const Request& request) {
+  resolve(request.variant);  // validates the name with a helpful error, outside the timing
+  const std::string previous = current_ ? current_->name : "";
+  const auto start = Clock::now();
+  activate(request.variant);
+  const double switch_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+  return {{"variant", current_->name}, {"previous", previous}, {"switch_us", rounded(switch_us, 1e3)}};
+}
+
+json Runner::infer(const Request& request) {
+  LoadedVariant& variant = resolve("");
+  if (request.input.empty()) {
+    fill_pattern(input_);
+  } else {
+    struct stat info;
+    if (stat(request.input.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) {
+      throw CommandError("cannot open input file '" + request.input + "': not a regular file");
+    }
+    std::ifstream file(request.input, std::ios::binary);
+    if (!file) {
+      throw CommandError("cannot open input file '" + request.input + "'");
+    }
+    const auto size = static_cast<uint64_t>(info.st_size);
+    const uint64_t expected = input_.size() * sizeof(float);
+    if (size != expected) {
+      throw CommandError("input file '" + request.input + "' has " + std::to_string(size) +
+                         " bytes but the model input float32 " +
+                         shape_text({manifest_.input_shape.begin(), manifest_.input_shape.end()}) +
+                         " needs " + std::to_string(expected) +
+                         " bytes (raw little-endian float32, C order)");
+    }
+    file.read(reinterpret_cast<char*>(input_.data()), std::streamsize(expected));
+    if (!file) {
+      throw CommandError("cannot read input file '" + request.input + "'");
+    }
+  }
+  std::vector<double> latencies = run(variant, request.n);
+  if (!request.output_path.empty()) {
+    std::ofstream out(request.output_path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(last_output_.data()),
+              std::streamsize(last_output_.size() * sizeof(float)));
+    if (!out) {
+      throw CommandError("cannot write output file '" + request.output_path + "'");
+    }
+  }
+  for (double& latency : latencies) latency = rounded(latency);
+  const size_t shown = std::min(last_output_.size(), size_t(request.max_output));
+  const auto best = std::max_element(last_output_.begin(), last_output_.end());
+  return {{"variant", variant.name},
+          {"n", request.n},
+          {"latency_ms", latencies},
+          {"output_shape", last_output_shape_},
+          {"output", std::vector<float>(last_output_.begin(), last_output_.begin() + shown)},
+          {"argmax", best == last_output_.end() ? -1 : best - last_output_.begin()}};
+}
+
+json Runner::bench(const Request& request) {
+  LoadedVariant& variant = resolve(request.variant);
+  fill_pattern(input_);
+  if (request.warmup > 0) {
+    run(variant, request.warmup);
+  }
+  std::vector<double> latencies = run(variant, request.runs);
+  std::sort(latencies.begin(), latencies.end());
+  const double mean = std::accumulate(latencies.begin(), latencies.end(), 0.0) / latencies.size();
+  const MemoryUsage memory = memory_usage();
+  return {{"variant", variant.name},
+          {"warmup", request.warmup},
+          {"runs", request.runs},
+          {"threads", thread_count()},
+          {"load_ms", rounded(variant.load_ms)},
+          {"first_infer_ms", rounded(variant.first_infer_ms)},
+          {"min_ms", rounded(latencies.front())},
+          {"p50_ms", rounded(percentile(latencies, 50))},
+          {"p90_ms", rounded(percentile(latencies, 90))},
+          {"p99_ms", rounded(percentile(latencies, 99))},
+          {"max_ms", rounded(latencies.back())},
+          {"mean_ms", rounded(mean)},
+          {"rss_kb", memory.rss_kb},
+          {"peak_rss_kb", memory.peak_rss_kb}};
+}
+
+json Runner::bench_reload(const Request& request) {
+  LoadedVariant& variant = resolve(request.variant);
+  std::vector<double> load_ms, first_infer_ms;
+  for (int64_t i = 0; i < request.runs; ++i) {
+    // The same steps as at start-up, into a throw-away module: what switching would cost if
+    // variants were loaded from storage on demand instead of kept loaded.
+    LoadedVariant fresh;
+    fresh.name = variant.name;
+    const auto start = Clock::now();
+    fresh.module = std::make_unique<Module>(variant.path, Module::LoadMode::Mmap);
+    Error status = fresh.module->load(Program::Verification::InternalConsistency);
+    if (status == Error::Ok) status = fresh.module->load_method("forward");
+    if (status != Error::Ok) {
+      throw CommandError("variant '" + variant.name + "': reloading '" + variant.path +
+                         "' failed (" + executorch::runtime::to_string(status) +
+                         "); the file changed after start-up");
+    }
+    load_ms.push_back(elapsed_ms(start));
+    first_infer_ms.push_back(first_inference_ms(fresh));
+  }
+  // One preloaded switch is tens of nanoseconds, below the clock's resolution: time a batch
+  // of switches (alternating with another variant when there is one) and report the mean.
+  LoadedVariant* const before = current_;
+  const std::string other = variants_.size() > 1 && variants_.front()->name == variant.name
+                                ? variants_[1]->name
+                                : variants_.front()->name;
+  constexpr int kSwitches = 10000;
+  const auto start = Clock::now();
+  for (int i = 0; i < kSwitches; ++i) {
+    activate((i & 1) ? other : variant.name);
+  }
+  const double switch_us =
+      std::chrono::duration<double, std::micro>(Clock::now() - start).count() / kSwitches;
+  current_ = before;
+  std::vector<double> sorted_load = load_ms, sorted_first = first_infer_ms;
+  std::sort(sorted_load.begin(), sorted_load.end());
+  std::sort(sorted_first.begin(), sorted_first.end());
+  for (double& value : load_ms) value = rounded(value);
+  for (double& value : first_infer_ms) value = rounded(value);
+  return {{"variant", variant.name},
+          {"runs", request.runs},
+          {"load_ms", load_ms},
+          {"first_infer_ms", first_infer_ms},
+          {"load_p50_ms", rounded(percentile(sorted_load, 50))},
+          {"first_infer_p50_ms", rounded(percentile(sorted_first, 50))},
+          {"switch_us", rounded(switch_us, 1e4)}};
+}
+
+json Runner::stats() const {
+  const MemoryUsage memory = memory_usage();
+  json loaded = json::array(), failed = json::array();
+  for (const auto& variant : variants_) loaded.push_back(variant->name);
+  for (const auto& failure : failed_) failed.push_back(failure["name"]);
+  return {{"rss_kb", memory.rss_kb},
+          {"peak_rss_kb", memory.peak_rss_kb},
+          {"loaded", loaded},
+          {"failed", failed},
+          {"current", current_ ? json(current_->name) : json(nullptr)},
+          {"precision", options_.precision},
+          {"threads", thread_count()},
+          {"inferences", inferences_}};
+}
+
+json Runner::ready_event(double startup_ms) const {
+  json loaded = json::array(), details = json::object();
+  for (const auto& variant : variants_) {
+    loaded.push_back(variant->name);
+    details[variant->name] = {{"bytes", variant->bytes},
+                              {"verify_ms", rounded(variant->verify_ms)},
+                              {"check_ms", rounded(variant->check_ms)},
+                              {"load_ms", rounded(variant->load_ms)},
+                              {"first_infer_ms", rounded(variant->first_infer_ms)}};
+  }
+  const MemoryUsage memory = memory_usage();
+  return {{"event", "ready"},
+          {"runner", "shifter_runner " SHIFTER_RUNNER_VERSION},
+          {"executorch", SHIFTER_EXECUTORCH_VERSION},
+          {"portfolio", portfolio_dir_},
+          {"precision", options_.precision},
+          {"input", {{"shape", manifest_.input_shape}, {"dtype", manifest_.input_dtype}}},
+          {"threads", thread_count()},
+          {"isolation", isolation_},
+          {"loaded", loaded},
+          {"variants", details},
+          {"failed", failed_},
+          {"current", current_ ? json(current_->name) : json(nullptr)},
+          {"startup_ms", rounded(startup_ms)},
+          {"rss_kb", memory.rss_kb},
+          {"peak_rss_kb", memory.peak_rss_kb}};
+}
+
+}  // namespace shifter

@@ -1,0 +1,92 @@
+// Holds every variant of a portfolio loaded at once and answers protocol requests.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+#include <nlohmann/json.hpp>
+
+#include "manifest.h"
+#include "protocol.h"
+
+namespace shifter {
+
+// A valid request that could not be carried out (unknown variant, unreadable input file, ...).
+class CommandError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct RunnerOptions {
+  std::string precision = "fp32";
+  std::vector<std::string> only_variants;  // empty = all
+  Verify verify = Verify::Sha256;
+  bool isolate = true;    // trial-load each variant in a child process first (isolated_check.h)
+  uint32_t threads = 0;   // the thread pool size given on the command line, 0 = default
+};
+
+struct LoadedVariant {
+  std::string name;
+  std::string path;
+  uint64_t bytes = 0;
+  std::unique_ptr<executorch::extension::Module> module;
+  double verify_ms = 0;
+  double check_ms = 0;        // the isolated trial load, 0 when isolation is off or unavailable
+  double load_ms = 0;         // Module construction + program load + load_method("forward")
+  double first_infer_ms = 0;  // first forward right after loading
+};
+
+// The deterministic input used when a request names no input file:
+// x[i] = float((i * 37) % 101) / 50 - 1, computed in float32 (C order).
+void fill_pattern(std::vector<float>& values);
+
+class Runner {
+ public:
+  // Verifies and loads every usable variant; problems are recorded in failed(), not thrown.
+  Runner(std::string portfolio_dir, Manifest manifest, RunnerOptions options);
+
+  nlohmann::json ready_event(double startup_ms) const;
+  // Answers one parsed request with the fields of a successful response (without "ok", "cmd"
+  // and "id"). Throws CommandError when it cannot be carried out.
+  nlohmann::json handle(const Request& request);
+
+  bool empty() const { return variants_.empty(); }
+  const std::vector<std::unique_ptr<LoadedVariant>>& variants() const { return variants_; }
+  const nlohmann::json& failed() const { return failed_; }
+
+ private:
+  std::unique_ptr<LoadedVariant> load_variant(const VariantFile& file, std::string& error);
+  LoadedVariant& resolve(const std::string& name);  // "" = current variant
+  LoadedVariant* activate(const std::string& name);
+  // Runs forward `runs` times on the input buffer, returning each latency in ms; keeps the
+  // last output in last_output_.
+  std::vector<double> run(LoadedVariant& variant, int64_t runs);
+  double first_inference_ms(LoadedVariant& variant);
+
+  nlohmann::json do_switch(const Request& request);
+  nlohmann::json infer(const Request& request);
+  nlohmann::json bench(const Request& request);
+  nlohmann::json bench_reload(const Request& request);
+  nlohmann::json stats() const;
+
+  std::string portfolio_dir_;
+  Manifest manifest_;
+  RunnerOptions options_;
+  std::vector<float> input_;
+  executorch::extension::TensorPtr input_tensor_;
+  std::vector<float> last_output_;
+  std::vector<int64_t> last_output_shape_;
+  std::vector<std::unique_ptr<LoadedVariant>> variants_;  // manifest order
+  std::map<std::string, LoadedVariant*> by_name_;
+  LoadedVariant* current_ = nullptr;
+  nlohmann::json failed_ = nlohmann::json::array();  // [{"name":..., "error":...}]
+  std::string isolation_;  // "subprocess", "off" or "unavailable: <reason>"
+  int64_t inferences_ = 0;
+};
+
+}  // namespace shifter

@@ -1,0 +1,135 @@
+"""Builds the native runner (``mobile/build.sh``) and a small real portfolio for its tests.
+
+``make_portfolio`` is the one place that writes a portfolio here; it follows the manifest of
+docs/CONTRACTS.md (schema_version 1) with tiny conv nets of different widths, exported like the
+project's pipeline does: ``torch.export`` -> XNNPACK lowering -> ``.pte`` (fp32 and int8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = REPO / "mobile" / "build.sh"
+INPUT_SHAPE = (1, 1, 8, 8)
+
+
+def build_runner(target: str = "host") -> Path:
+    """Runs ``mobile/build.sh <target>`` and returns the path of the built ``shifter_runner``."""
+    result = subprocess.run([str(BUILD_SCRIPT), target], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"mobile/build.sh {target} failed:\n{result.stderr[-4000:]}")
+    binary = Path(result.stdout.strip().splitlines()[-1])
+    if not binary.is_file():
+        raise RuntimeError(f"mobile/build.sh {target} printed {binary}, which does not exist")
+    return binary
+
+
+class TinyConvNet(nn.Module):
+    """Two convolutions, batch norm, global pooling and a classifier: a portfolio variant in small."""
+
+    def __init__(self, width: int, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def pattern_input(shape: tuple[int, ...] = INPUT_SHAPE) -> torch.Tensor:
+    """The runner's generated input: x[i] = float32((i * 37) % 101) / 50 - 1, in C order."""
+    count = 1
+    for dim in shape:
+        count *= dim
+    index = torch.arange(count, dtype=torch.int64)
+    return (((index * 37) % 101).to(torch.float32) / 50.0 - 1.0).reshape(shape)
+
+
+def export_pte(model: nn.Module, example: torch.Tensor, int8: bool = False) -> bytes:
+    """Lowers ``model`` to an ExecuTorch program with the XNNPACK delegate (optionally int8)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = model.eval()
+    if int8:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+        prepared(example)
+        model = convert_pt2e(prepared)
+    program = torch.export.export(model, (example,))
+    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+
+
+def _file_entry(root: Path, relative: str, payload: bytes) -> dict:
+    (root / relative).parent.mkdir(parents=True, exist_ok=True)
+    (root / relative).write_bytes(payload)
+    return {"path": relative, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+@dataclass
+class Portfolio:
+    directory: Path
+    manifest: dict
+    models: dict[str, nn.Module]  # eager reference of every variant, by name
+
+    def pte(self, name: str, precision: str = "fp32") -> Path:
+        entry = next(v for v in self.manifest["variants"] if v["name"] == name)
+        return self.directory / entry["files"][precision]["path"]
+
+
+def make_portfolio(directory: Path, widths: tuple[int, ...] = (4, 8, 16), int8_variants: int = 2) -> Portfolio:
+    """Writes a real portfolio of ``TinyConvNet`` variants (one per width, widest first) with
+    manifest.json; the first ``int8_variants`` of them also get an int8 program."""
+    directory.mkdir(parents=True, exist_ok=True)
+    example = pattern_input()
+    variants, models = [], {}
+    for round_index, width in enumerate(sorted(widths, reverse=True)):
+        torch.manual_seed(width)
+        model = TinyConvNet(width).eval()
+        with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+            model.features[1].running_mean.uniform_(-0.5, 0.5)
+            model.features[1].running_var.uniform_(0.5, 2.0)
+        name = f"round-{round_index:02d}"
+        files = {"fp32": _file_entry(directory, f"{name}/model.pte", export_pte(model, example))}
+        if round_index < int8_variants:
+            files["int8"] = _file_entry(directory, f"{name}/model_int8.pte", export_pte(model, example, int8=True))
+        variants.append(
+            {
+                "name": name,
+                "round": round_index,
+                "density": 0.8**round_index,
+                "params": sum(p.numel() for p in model.parameters()),
+                "files": files,
+            }
+        )
+        models[name] = model
+    manifest = {
+        "schema_version": 1,
+        "generator": "tests/runner_build.py",
+        "input": {"shape": list(INPUT_SHAPE), "dtype": "float32"},
+        "variants": variants,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return Portfolio(directory, manifest, models)
