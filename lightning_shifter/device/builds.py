@@ -1,0 +1,140 @@
+"""Which native runner build runs on a device, and the shared libraries it needs there.
+
+``mobile/build.sh <target>`` puts ``shifter_runner`` under ``build/mobile/<target>/``. A device asks
+for a build by ABI: ``x86_64`` runs the Linux host build (this machine, or the loopback test phone),
+``arm64-v8a`` the Android build. The libraries to push with it are found from the binary itself: its
+``DT_NEEDED`` entries resolved (transitively) in its ``RUNPATH``; anything not found there is a
+system library the device already has (libc, libm, libc++ ...).
+
+Example::
+
+    >>> from lightning_shifter.device.builds import find_runner_build
+    >>> build = find_runner_build("x86_64")          # doctest: +SKIP
+    >>> [lib.name for lib in build.libraries]        # doctest: +SKIP
+    ['libexecutorch.so', ...]
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightning_shifter.device.transport import DeviceError
+
+RUNNER_NAME = "shifter_runner"
+# device ABI -> build.sh target
+BUILD_TARGETS = {"x86_64": "host", "arm64-v8a": "android-arm64-v8a"}
+_BUILD_COMMANDS = {"host": "mobile/build.sh host", "android-arm64-v8a": "mobile/build.sh android"}
+
+
+@dataclass(frozen=True)
+class RunnerBuild:
+    """A built runner: the executable and the non-system shared libraries it loads."""
+
+    abi: str
+    executable: Path
+    libraries: tuple[Path, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_executable(cls, abi: str, executable: str | os.PathLike) -> RunnerBuild:
+        executable = Path(executable).resolve()
+        if not executable.is_file():
+            raise DeviceError(f"runner executable {executable} does not exist: build it with mobile/build.sh")
+        return cls(abi, executable, tuple(shared_libraries(executable)))
+
+
+def default_build_root() -> Path:
+    """``$SHIFTER_BUILD_DIR``, else ``build/mobile`` of the repository (or of the current folder)."""
+    if os.environ.get("SHIFTER_BUILD_DIR"):
+        return Path(os.environ["SHIFTER_BUILD_DIR"])
+    repository = Path(__file__).resolve().parents[2]
+    for root in (repository / "build" / "mobile", Path.cwd() / "build" / "mobile"):
+        if root.is_dir():
+            return root
+    return repository / "build" / "mobile"
+
+
+def find_runner_build(abi: str, build_root: str | os.PathLike | None = None) -> RunnerBuild:
+    """The runner build for a device ABI, with a clear error saying how to build a missing one."""
+    target = BUILD_TARGETS.get(abi)
+    if target is None:
+        raise DeviceError(
+            f"no runner build exists for ABI {abi!r}: shifter_runner is built for "
+            f"{', '.join(sorted(BUILD_TARGETS))} (32-bit devices are not supported)"
+        )
+    root = Path(build_root) if build_root is not None else default_build_root()
+    executable = root / target / RUNNER_NAME
+    if not executable.is_file():
+        raise DeviceError(
+            f"no runner build for ABI {abi} at {executable}: build it with `{_BUILD_COMMANDS[target]}`"
+            + (" (needs ANDROID_NDK and EXECUTORCH_ANDROID, see mobile/android/README.md)" if target != "host" else "")
+        )
+    return RunnerBuild.from_executable(abi, executable)
+
+
+def shared_libraries(executable: str | os.PathLike) -> list[Path]:
+    """Shared libraries of an ELF executable found in its RUNPATH/RPATH, transitively, in load order."""
+    found: dict[str, Path] = {}
+    pending = [Path(executable)]
+    while pending:
+        binary = pending.pop(0)
+        needed, search = _dynamic_section(binary)
+        for name in needed:
+            if name in found:
+                continue
+            for folder in search:
+                candidate = Path(folder) / name
+                if candidate.is_file():
+                    found[name] = candidate.resolve()
+                    pending.append(candidate)
+                    break
+    return list(found.values())
+
+
+def _dynamic_section(binary: Path) -> tuple[list[str], list[str]]:
+    """(DT_NEEDED names, RUNPATH/RPATH folders with $ORIGIN expanded) of an ELF file."""
+    data = binary.read_bytes()
+    if data[:4] != b"\x7fELF":
+        raise DeviceError(f"{binary} is not an ELF executable; pass the shifter_runner built by mobile/build.sh")
+    is64, endian = data[4] == 2, "<" if data[5] == 1 else ">"
+    if is64:
+        phoff, = struct.unpack_from(endian + "Q", data, 0x20)
+        phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x36)
+    else:
+        phoff, = struct.unpack_from(endian + "I", data, 0x1C)
+        phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x2A)
+    loads, dynamic = [], None
+    for index in range(phnum):
+        offset = phoff + index * phentsize
+        if is64:
+            p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(endian + "IIQQQQ", data, offset)
+        else:
+            p_type, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(endian + "IIIII", data, offset)
+        if p_type == 1:  # PT_LOAD
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == 2:  # PT_DYNAMIC
+            dynamic = (p_offset, p_filesz)
+    if dynamic is None:
+        return [], []  # statically linked
+    entry = struct.Struct(endian + ("qQ" if is64 else "iI"))
+    tags: list[tuple[int, int]] = []
+    for offset in range(dynamic[0], dynamic[0] + dynamic[1], entry.size):
+        tag, value = entry.unpack_from(data, offset)
+        if tag == 0:  # DT_NULL
+            break
+        tags.append((tag, value))
+    strtab = next(value for tag, value in tags if tag == 5)  # DT_STRTAB, a virtual address
+    base = next(offset + strtab - vaddr for vaddr, offset, size in loads if vaddr <= strtab < vaddr + size)
+
+    def string(at: int) -> str:
+        end = data.index(b"\0", base + at)
+        return data[base + at:end].decode()
+
+    needed = [string(value) for tag, value in tags if tag == 1]
+    paths = [string(value) for tag, value in tags if tag in (15, 29)]  # DT_RPATH, DT_RUNPATH
+    origin = str(binary.resolve().parent)
+    search = [folder.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
+              for joined in paths for folder in joined.split(":") if folder]
+    return needed, search
