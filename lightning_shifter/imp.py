@@ -1,0 +1,546 @@
+"""Iterative magnitude pruning with rewinding, as a Lightning callback (DNNShifter step 1).
+
+Phases inside one ``Trainer.fit``: round 0 trains the dense model for ``epochs_per_round`` epochs;
+each later round prunes the smallest surviving weights (global magnitude), rewinds the survivors,
+the optimizer and every LR scheduler to their state at ``rewind_step``, and trains the same
+schedule again. The tensor work lives in :mod:`lightning_shifter.masks`; this module only decides
+when it happens.
+
+When things happen (checked against Lightning 2.6's loops):
+
+* rewind snapshot: after optimizer step ``rewind_step`` (``on_train_batch_end``, which runs after the
+  step-interval scheduler update), or at ``on_train_start`` for ``rewind_step=0``;
+* masks: re-applied by an optimizer step post-hook, right after every ``optimizer.step()``;
+* round end (record, loggers, ``on_pruning_round_end`` of other callbacks): after the end-of-epoch
+  validation of the round's last epoch (``on_validation_end``), or at ``on_train_epoch_end`` when no
+  validation ran. ``ModelCheckpoint`` runs after us in both hooks, so its checkpoint already holds
+  the record;
+* prune + rewind: ``on_train_epoch_start`` of the next round's first epoch, after Lightning stepped
+  the epoch-interval schedulers of the previous epoch, so the restored scheduler state is not
+  stepped once more.
+
+Everything needed to resume is in :meth:`IterativeMagnitudePruning.state_dict` (tensors, lists,
+dicts, numbers and strings only, so checkpoints load with ``weights_only=True``), and each of the
+steps above is decided from that state, so a resume from any checkpoint (mid-round, at a round
+boundary before the prune, or after it) continues exactly like an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+
+from lightning_shifter import masks as M
+
+__all__ = ["IterativeMagnitudePruning", "RoundRecord"]
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced; passed to ``on_pruning_round_end`` listeners.
+
+    ``density`` is nonzero / total prunable weights of the trained sparse model, ``epoch`` the last
+    epoch of the round, ``metrics`` ``trainer.callback_metrics`` at round end (as floats) and
+    ``seconds`` the wall time of the round.
+    """
+
+    round: int
+    density: float
+    target_density: float
+    epoch: int
+    global_step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundRecord:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """Deep copy of a (nested) state dict with every tensor detached and cloned to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {key: _cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(value) for value in obj)
+    return copy.deepcopy(obj)
+
+
+class IterativeMagnitudePruning(Callback):
+    r"""Train, prune the smallest weights globally, rewind, repeat: all inside one ``Trainer.fit``.
+
+    Args:
+        rounds: number of pruning rounds ``R``. The fit runs round 0 (dense) to round ``R``, i.e.
+            ``(R + 1) * epochs_per_round`` epochs, and ends at density ``(1 - prune_fraction) ** R``.
+        epochs_per_round: epochs of training in every round.
+        prune_fraction: fraction of the remaining weights removed by each round, in (0, 1).
+        target_densities: instead of ``rounds``/``prune_fraction``, the density after each pruning
+            round: strictly decreasing values in (0, 1), e.g. ``[0.8, 0.64, 0.5]``.
+        rewind_step: optimizer step whose weights, optimizer and LR-scheduler state every round
+            restarts from. ``0`` is the original initialization (lottery-ticket setting); a few
+            hundred steps ("late rewinding") works better for deeper nets. Must fall inside round 0.
+        include: module types or ``fnmatch`` patterns over module names whose ``weight`` is scored;
+            by default every ``Conv*d`` and ``Linear``. Biases and norm layers are never scored.
+        exclude: module types or name patterns removed from the selection, e.g. ``["fc"]`` to keep
+            the classifier dense.
+        mask_norm_affine: also zero (and keep zero) the weight and bias of the per-channel norm
+            layer (BatchNorm / InstanceNorm) that directly reads a filter or neuron once it is
+            entirely pruned, so that channel outputs exact zeros and compaction can remove it.
+        summary_file: JSON file of the per-round records, rewritten after every round by rank 0;
+            a relative path is resolved against ``trainer.log_dir``. ``None`` writes nothing.
+        verbose: print a table of the rounds at the end of fit (rank 0).
+
+    Other callbacks that define ``on_pruning_round_end(trainer, pl_module, record)`` are called at
+    the end of every round (round 0 and the last one included) with the trained sparse model in
+    ``pl_module``, before the next prune and rewind. The last round sets ``trainer.should_stop``,
+    so a larger ``max_epochs`` is fine.
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_shifter import IterativeMagnitudePruning
+        >>> from lightning_shifter.demo import DigitsDataModule, DigitsResNet
+        >>> imp = IterativeMagnitudePruning(rounds=2, epochs_per_round=1, rewind_step=5, verbose=False,
+        ...                                 summary_file=None)
+        >>> trainer = pl.Trainer(max_epochs=imp.epochs_needed, callbacks=[imp], logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False,
+        ...                      enable_model_summary=False, limit_train_batches=8, limit_val_batches=2)
+        >>> trainer.fit(DigitsResNet(width=4), datamodule=DigitsDataModule())
+        >>> [round(r.target_density, 2) for r in imp.records]
+        [1.0, 0.8, 0.64]
+    """
+
+    def __init__(
+        self,
+        rounds: int | None = None,
+        *,
+        epochs_per_round: int,
+        prune_fraction: float = 0.2,
+        target_densities: Sequence[float] | None = None,
+        rewind_step: int = 200,
+        include: Sequence[type[nn.Module] | str] = M.DEFAULT_PRUNABLE_TYPES,
+        exclude: Sequence[type[nn.Module] | str] = (),
+        mask_norm_affine: bool = True,
+        summary_file: str | os.PathLike | None = "imp_rounds.json",
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(epochs_per_round, int) or isinstance(epochs_per_round, bool) or epochs_per_round < 1:
+            raise MisconfigurationException(f"epochs_per_round must be a positive integer, got {epochs_per_round!r}")
+        if not isinstance(rewind_step, int) or isinstance(rewind_step, bool) or rewind_step < 0:
+            raise MisconfigurationException(
+                f"rewind_step must be a non-negative integer (0 = original initialization), got {rewind_step!r}"
+            )
+        self._densities = self._schedule(rounds, prune_fraction, target_densities)
+        self.epochs_per_round = epochs_per_round
+        self.rewind_step = rewind_step
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self.mask_norm_affine = mask_norm_affine
+        self.summary_file = summary_file
+        self.verbose = verbose
+
+        self.records: list[RoundRecord] = []
+        self._round = 0
+        self._masks: dict[str, Tensor] = {}
+        self._norm_masks: dict[str, Tensor] = {}
+        self._norm_pairs: list[list[str]] | None = None
+        self._rewind: dict[str, Any] | None = None
+        self._round_started = time.monotonic()
+        self._resumed = False
+        # runtime-only: live parameters and their float masks for the hot path, hook handles
+        self._weights: dict[str, nn.Parameter] = {}
+        self._enforced: tuple[list[Tensor], list[Tensor]] = ([], [])
+        self._hooks: list[Any] = []
+        self._recorder: ExitStack | None = None
+        self._norm_sources: dict[str, set[str] | None] | None = None
+
+    @staticmethod
+    def _schedule(rounds: int | None, prune_fraction: float, target_densities: Sequence[float] | None) -> list[float]:
+        if target_densities is not None:
+            if rounds is not None:
+                raise MisconfigurationException(
+                    "pass either rounds (with prune_fraction) or target_densities, not both"
+                )
+            densities = [float(d) for d in target_densities]
+            if not densities:
+                raise MisconfigurationException("target_densities is empty: give at least one density in (0, 1)")
+            if any(not 0.0 < d < 1.0 for d in densities):
+                raise MisconfigurationException(f"target_densities must all lie in (0, 1), got {densities}")
+            if any(b >= a for a, b in zip(densities, densities[1:])):
+                raise MisconfigurationException(f"target_densities must be strictly decreasing, got {densities}")
+            return densities
+        if rounds is None:
+            raise MisconfigurationException(
+                "give the schedule: rounds=R (prunes prune_fraction of the remaining weights R times) "
+                "or target_densities=[0.8, 0.64, ...]"
+            )
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+            raise MisconfigurationException(f"rounds must be a positive integer, got {rounds!r}")
+        if not 0.0 < prune_fraction < 1.0:
+            raise MisconfigurationException(
+                f"prune_fraction must lie in (0, 1) (0.2 removes 20% of the remaining weights), got {prune_fraction!r}"
+            )
+        return [(1.0 - prune_fraction) ** r for r in range(1, rounds + 1)]
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def num_rounds(self) -> int:
+        """Number of pruning rounds ``R`` (round 0, the dense one, comes in addition)."""
+        return len(self._densities)
+
+    @property
+    def target_densities(self) -> list[float]:
+        """Scheduled density of each round, round 0 (1.0) to round ``R``."""
+        return [1.0, *self._densities]
+
+    @property
+    def epochs_needed(self) -> int:
+        """Epochs the whole schedule takes: ``(R + 1) * epochs_per_round``."""
+        return (self.num_rounds + 1) * self.epochs_per_round
+
+    @property
+    def current_round(self) -> int:
+        """The round being trained (0 = dense)."""
+        return self._round
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Boolean keep-masks of the prunable weights, by parameter name (empty during round 0)."""
+        return dict(self._masks)
+
+    @property
+    def norm_masks(self) -> dict[str, Tensor]:
+        """Boolean keep-masks of norm affine parameters whose input channel is entirely pruned."""
+        return dict(self._norm_masks)
+
+    @property
+    def norm_pairs(self) -> list[list[str]] | None:
+        """``[layer, norm]`` pairs found in the first training batch (None before it)."""
+        return None if self._norm_pairs is None else [list(p) for p in self._norm_pairs]
+
+    # ------------------------------------------------------------------ setup-time checks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            return
+        for callback in trainer.callbacks:
+            if isinstance(callback, EarlyStopping):
+                raise MisconfigurationException(
+                    f"{type(callback).__name__} would end the fit before the last pruning round: remove it "
+                    "(IterativeMagnitudePruning stops the fit itself after round "
+                    f"{self.num_rounds}; pick the variant you want from the per-round records instead)"
+                )
+            if isinstance(callback, Timer) and callback._duration is not None:
+                raise MisconfigurationException(
+                    "a Timer with a duration (Trainer(max_time=...)) could cut the pruning rounds short: "
+                    "remove max_time / the Timer, or lower rounds or epochs_per_round to fit your time budget"
+                )
+        needed = self.epochs_needed
+        schedule = f"{self.num_rounds} pruning rounds + the dense round 0, {self.epochs_per_round} epoch(s) each"
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs != -1 and max_epochs < needed:
+            raise MisconfigurationException(
+                f"Trainer(max_epochs={max_epochs}) is too small for the pruning schedule ({schedule}): "
+                f"set max_epochs >= {needed} (IterativeMagnitudePruning stops the fit after the last round)"
+            )
+        min_epochs = trainer.fit_loop.min_epochs
+        if min_epochs is not None and min_epochs > needed:
+            raise MisconfigurationException(
+                f"Trainer(min_epochs={min_epochs}) would train past the last pruning round ({schedule}, "
+                f"{needed} epochs): set min_epochs <= {needed} or add rounds"
+            )
+        try:
+            self._weights = M.prunable_weights(pl_module, self.include, self.exclude)
+        except (ValueError, TypeError) as err:
+            raise MisconfigurationException(str(err)) from None
+        if not self._weights:
+            raise MisconfigurationException(
+                f"no prunable parameters in {type(pl_module).__name__}: include={self._describe(self.include)} "
+                f"exclude={self._describe(self.exclude)} selects no module with a weight of 2+ dimensions; "
+                "widen include (module types or name patterns) or narrow exclude"
+            )
+
+    @staticmethod
+    def _describe(selectors: Sequence[Any]) -> list[str]:
+        return [s if isinstance(s, str) else s.__name__ for s in selectors]
+
+    def _steps_per_epoch(self, trainer: pl.Trainer) -> float:
+        batches = trainer.num_training_batches
+        return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else math.inf
+
+    # ------------------------------------------------------------------ training hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        round0_steps = self.epochs_per_round * self._steps_per_epoch(trainer)
+        if self._rewind is None and self.rewind_step > round0_steps:
+            raise MisconfigurationException(
+                f"rewind_step={self.rewind_step} lies beyond round 0, which has {round0_steps} optimizer steps "
+                f"({self.epochs_per_round} epoch(s) x {self._steps_per_epoch(trainer)} steps): set "
+                f"rewind_step <= {round0_steps}, or raise epochs_per_round"
+            )
+        total_steps = self.epochs_needed * self._steps_per_epoch(trainer)
+        if trainer.max_steps != -1 and trainer.max_steps < total_steps:
+            raise MisconfigurationException(
+                f"Trainer(max_steps={trainer.max_steps}) is too small for the pruning schedule: it needs "
+                f"{total_steps} optimizer steps; set max_steps >= {total_steps} or -1"
+            )
+        min_steps = trainer.fit_loop.min_steps
+        if min_steps is not None and min_steps > total_steps:
+            raise MisconfigurationException(
+                f"Trainer(min_steps={min_steps}) would train past the last pruning round ({total_steps} "
+                f"steps): set min_steps <= {total_steps}"
+            )
+        self._weights = M.prunable_weights(pl_module, self.include, self.exclude)
+        if self._masks and set(self._masks) != set(self._weights):
+            raise MisconfigurationException(
+                "the checkpoint's pruning masks do not match the model's prunable weights "
+                f"(checkpoint: {len(self._masks)}, model: {len(self._weights)}): resume with the same model "
+                "and the same include/exclude"
+            )
+        self._refresh_enforced(pl_module)
+        M.apply_masks_(*self._enforced)
+        for optimizer in trainer.optimizers:
+            self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+        if self._rewind is None and self.rewind_step == 0 and trainer.global_step == 0:
+            self._rewind = self._snapshot(trainer, pl_module)
+        if not self._resumed:
+            self._round_started = time.monotonic()
+        if len(self.records) == self.num_rounds + 1:  # resumed from a checkpoint of a finished schedule
+            trainer.should_stop = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if batch_idx == 0:
+            pl_module.log("round", self._round, prog_bar=True, logger=False, on_step=True, on_epoch=False,
+                          batch_size=1)
+        if self._norm_pairs is None and self.mask_norm_affine and self._recorder is None:
+            self._recorder = ExitStack()
+            self._norm_sources = self._recorder.enter_context(M.record_norm_successors(pl_module, self._layer_names()))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
+            self._norm_pairs = M.norm_pairs(self._norm_sources or {})
+            self._recorder = self._norm_sources = None
+        if self._rewind is None and trainer.global_step == self.rewind_step:
+            self._rewind = self._snapshot(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        end_of_epoch = progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
+        if end_of_epoch:
+            self._maybe_end_round(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_end_round(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scheduled = trainer.current_epoch // self.epochs_per_round
+        if scheduled > self._round and self._round < self.num_rounds:
+            self._prune_and_rewind(trainer, pl_module, self._round + 1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+        if self.verbose and trainer.is_global_zero and self.records:
+            from rich.console import Console
+
+            Console().print(self.summary_table())
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+        if self._recorder is not None:
+            self._recorder.close()
+            self._recorder = self._norm_sources = None
+
+    # ------------------------------------------------------------------ the work
+    def _layer_names(self) -> list[str]:
+        return [name.rpartition(".")[0] for name in self._weights]
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        M.apply_masks_(*self._enforced)
+
+    def _refresh_enforced(self, pl_module: pl.LightningModule) -> None:
+        """Move the masks next to their parameters and pre-convert them for the hot path."""
+        params = dict(pl_module.named_parameters())
+        tensors, floats = [], []
+        for masks in (self._masks, self._norm_masks):
+            for name, mask in masks.items():
+                param = params.get(name)
+                if param is None:
+                    raise MisconfigurationException(
+                        f"pruning mask for {name!r} has no matching parameter in {type(pl_module).__name__}: "
+                        "resume with the model the checkpoint was written from"
+                    )
+                masks[name] = mask.to(param.device)
+                tensors.append(param)
+                floats.append(masks[name].to(param.dtype))
+        self._enforced = (tensors, floats)
+
+    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        return {
+            "global_step": trainer.global_step,
+            "model": _cpu_copy(pl_module.state_dict()),
+            "optimizers": [_cpu_copy(opt.state_dict()) for opt in trainer.optimizers],
+            "lr_schedulers": [_cpu_copy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs],
+        }
+
+    def _maybe_end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last_epoch = (self._round + 1) * self.epochs_per_round - 1
+        if trainer.current_epoch != last_epoch or len(self.records) > self._round:
+            return
+        if self._rewind is None:
+            raise MisconfigurationException(
+                f"round 0 ended at step {trainer.global_step} before rewind_step={self.rewind_step} was reached: "
+                f"set rewind_step <= {trainer.global_step}"
+            )
+        record = RoundRecord(
+            round=self._round,
+            density=M.density(self._weights.values()),
+            target_density=self.target_densities[self._round],
+            epoch=trainer.current_epoch,
+            global_step=trainer.global_step,
+            metrics={k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1},
+            seconds=time.monotonic() - self._round_started,
+        )
+        self.records.append(record)
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"imp/round": record.round, "imp/density": record.density,
+                 "imp/target_density": record.target_density, "imp/seconds": record.seconds},
+                step=trainer.global_step,
+            )
+        if trainer.is_global_zero:
+            self._write_summary(trainer)
+        for callback in trainer.callbacks:
+            listener = getattr(callback, "on_pruning_round_end", None)
+            if callback is not self and callable(listener):
+                listener(trainer, pl_module, record)
+        if self._round == self.num_rounds:
+            trainer.should_stop = True
+
+    def _prune_and_rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule, new_round: int) -> None:
+        if len(self.records) != new_round:
+            raise MisconfigurationException(
+                f"cannot start pruning round {new_round}: round {new_round - 1} has no record (the checkpoint and "
+                "this schedule disagree); resume with the IterativeMagnitudePruning settings of the original run"
+            )
+        total = sum(w.numel() for w in self._weights.values())
+        keep = M.keep_count(total, self.target_densities[new_round])
+        masks = M.global_magnitude_masks(self._weights, keep, self._masks or None)
+        # every rank computed masks from identical weights; broadcasting rank 0's makes them identical
+        # by construction, whatever the floating-point noise
+        masks_cpu, pairs = trainer.strategy.broadcast(
+            ({n: m.cpu() for n, m in masks.items()}, self._norm_pairs), src=0
+        )
+        self._norm_pairs = pairs
+        self._masks = {n: masks_cpu[n].to(self._weights[n].device) for n in self._weights}
+        self._norm_masks = (
+            M.norm_affine_masks(pl_module, self._norm_pairs, self._masks)
+            if self.mask_norm_affine and self._norm_pairs is not None
+            else {}
+        )
+        self._rewind_to_snapshot(trainer, pl_module)
+        self._refresh_enforced(pl_module)
+        M.apply_masks_(*self._enforced)
+        self._round = new_round
+        self._round_started = time.monotonic()
+
+    def _rewind_to_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._rewind is not None
+        # copies: optimizers and schedulers keep (and update in place) the tensors they are given
+        pl_module.load_state_dict(self._rewind["model"])
+        for optimizer, state in zip(trainer.optimizers, self._rewind["optimizers"]):
+            optimizer.load_state_dict(copy.deepcopy(state))
+        for config, state in zip(trainer.lr_scheduler_configs, self._rewind["lr_schedulers"]):
+            config.scheduler.load_state_dict(copy.deepcopy(state))
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def _write_summary(self, trainer: pl.Trainer) -> None:
+        if self.summary_file is None:
+            return
+        path = Path(self.summary_file)
+        if not path.is_absolute():
+            path = Path(trainer.log_dir or trainer.default_root_dir) / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"target_densities": self.target_densities, "epochs_per_round": self.epochs_per_round,
+                   "rewind_step": self.rewind_step, "rounds": [r.to_dict() for r in self.records]}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ reporting
+    def summary_table(self) -> Any:
+        """A ``rich`` table of the rounds so far: density, metrics, steps and time."""
+        from rich.table import Table
+
+        metric_names = sorted({k for r in self.records for k in r.metrics if k.startswith("val")})
+        table = Table(title="Iterative magnitude pruning")
+        for column in ("round", "target density", "density", "epoch", "step", *metric_names, "seconds"):
+            table.add_column(column, justify="right")
+        for r in self.records:
+            values = [f"{r.metrics[k]:.4f}" if k in r.metrics else "-" for k in metric_names]
+            table.add_row(str(r.round), f"{r.target_density:.4f}", f"{r.density:.4f}", str(r.epoch),
+                          str(r.global_step), *values, f"{r.seconds:.1f}")
+        return table
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "target_densities": list(self._densities),
+            "epochs_per_round": self.epochs_per_round,
+            "rewind_step": self.rewind_step,
+            "current_round": self._round,
+            "masks": {n: m.cpu() for n, m in self._masks.items()},
+            "norm_masks": {n: m.cpu() for n, m in self._norm_masks.items()},
+            "norm_pairs": self.norm_pairs,
+            "records": [r.to_dict() for r in self.records],
+            "rewind": self._rewind,
+            "round_seconds": time.monotonic() - self._round_started,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = (state_dict["target_densities"], state_dict["epochs_per_round"], state_dict["rewind_step"])
+        current = (self._densities, self.epochs_per_round, self.rewind_step)
+        if saved != current:
+            raise MisconfigurationException(
+                "the checkpoint was written with a different pruning schedule: (target_densities, "
+                f"epochs_per_round, rewind_step) = {saved}, this callback has {current}; resume with the "
+                "original settings"
+            )
+        self._round = int(state_dict["current_round"])
+        self._masks = dict(state_dict["masks"])
+        self._norm_masks = dict(state_dict["norm_masks"])
+        self._norm_pairs = state_dict["norm_pairs"]
+        self.records = [RoundRecord.from_dict(r) for r in state_dict["records"]]
+        self._rewind = state_dict["rewind"]
+        self._round_started = time.monotonic() - float(state_dict["round_seconds"])
+        self._resumed = True

@@ -1,0 +1,47 @@
+"""Shared fixtures: the digits data (loaded once) and a quiet, tiny CPU Trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_shifter.demo import DigitsDataModule
+
+# Test models are tiny: a second intra-op thread gains nothing, and on a loaded 2-core machine
+# OpenMP threads spinning at barriers slowed single tests down by 10-50x.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits() -> DigitsDataModule:
+    """The real scikit-learn digits, split once per session (the DataModule is stateless after setup)."""
+    dm = DigitsDataModule(batch_size=32, seed=0)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture
+def make_trainer(tmp_path):
+    """``make_trainer(**overrides)``: a deterministic CPU Trainer with no logger, bar or summary."""
+
+    def make(**overrides: Any) -> pl.Trainer:
+        kwargs: dict[str, Any] = dict(
+            accelerator="cpu",
+            devices=1,
+            deterministic=True,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            limit_train_batches=6,
+            limit_val_batches=2,
+            num_sanity_val_steps=0,
+        )
+        kwargs.update(overrides)
+        return pl.Trainer(**kwargs)
+
+    return make
