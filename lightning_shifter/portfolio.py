@@ -48,7 +48,7 @@ MANIFEST_NAME = "manifest.json"
 FILE_NAMES = {"pt2": "model.pt2", "fp32": "model.pte", "int8": "model_int8.pte"}
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
-_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
+INPUT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
 
 
 class PortfolioError(Exception):
@@ -161,8 +161,12 @@ class Variant:
                 f"{where}.files: unknown role(s) {unknown_roles}; known roles are {sorted(FILE_NAMES)}"
             )
         files = {role: FileEntry.from_json(entry, f"{where}.files.{role}") for role, entry in files_data.items()}
+        for key in ("round", "params", "macs"):
+            value = data[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PortfolioError(f"{where}.{key}: expected a non-negative integer, got {value!r}")
         density = data["density"]
-        if not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
+        if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0.0 <= density <= 1.0:
             raise PortfolioError(f"{where}.density: expected a number in [0, 1], got {density!r}")
         fields = {key: value for key, value in data.items() if key in known}
         fields["files"] = files
@@ -199,8 +203,8 @@ class Portfolio:
                     f"{existing.input_dtype}, not {list(input_shape)} {input_dtype}: choose another folder"
                 )
             return existing
-        if input_dtype not in _DTYPES:
-            raise PortfolioError(f"unsupported input dtype {input_dtype!r}; use one of {_DTYPES}")
+        if input_dtype not in INPUT_DTYPES:
+            raise PortfolioError(f"unsupported input dtype {input_dtype!r}; use one of {INPUT_DTYPES}")
         if not input_shape or any(int(d) <= 0 for d in input_shape):
             raise PortfolioError(f"input_shape must be a non-empty sequence of positive sizes, got {input_shape!r}")
         root.mkdir(parents=True, exist_ok=True)
@@ -254,7 +258,7 @@ class Portfolio:
         ):
             raise PortfolioError(f"{where}: 'input' must be an object with a 'shape' list of positive integers")
         dtype = spec.get("dtype", "float32")
-        if dtype not in _DTYPES:
+        if dtype not in INPUT_DTYPES:
             raise PortfolioError(f"{where}: unsupported input dtype {dtype!r}")
         variants_data = data.get("variants", [])
         if not isinstance(variants_data, list):
@@ -375,11 +379,23 @@ class Portfolio:
 
     def put_variant(self, variant: Variant) -> None:
         """Add or replace a variant (by name) and save the manifest; its files must already exist."""
-        for role in variant.files:
-            self._resolve(variant.files[role].path, f"variant {variant.name!r} {role}")
+        previous = self._variants.get(variant.name)
         self._variants[variant.name] = variant
-        for role in variant.files:
-            self.verify_file(variant.name, role, sha256=False)
+        try:
+            for role in variant.files:
+                self.verify_file(variant.name, role, sha256=False)
+        except PortfolioError:
+            if previous is None:
+                del self._variants[variant.name]
+            else:
+                self._variants[variant.name] = previous
+            raise
+        self.save()
+
+    def remove_variant(self, name: str) -> None:
+        """Unlist a variant and save the manifest; its files stay until overwritten."""
+        self[name]  # clear error for an unknown name
+        del self._variants[name]
         self.save()
 
     def update_variant(self, name: str, **changes: Any) -> Variant:

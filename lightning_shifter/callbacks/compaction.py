@@ -1,0 +1,219 @@
+"""The ``Compaction`` callback: every pruning round's sparse model becomes a portfolio variant."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_shifter.imp import IterativeMagnitudePruning
+from lightning_shifter.portfolio import Portfolio, PortfolioError
+from lightning_shifter.variants import add_variant, default_unpack, variant_name
+
+
+class Compaction(Callback):
+    r"""Compact the sparse model at the end of every pruning round and save it into a portfolio.
+
+    Works with :class:`~lightning_shifter.imp.IterativeMagnitudePruning`, which tells it when a
+    round ends. For each round ``r`` it compacts a copy of the sparse model (exactly: same outputs,
+    fewer channels), measures the sparse and the compacted model's accuracy on the validation data
+    the Trainer already has, exports the compacted model with ``torch.export`` and saves it as the
+    variant ``round-<r>`` of the portfolio in ``portfolio_dir`` (``<variant>/model.pt2`` plus its
+    entry in ``manifest.json``). The training run itself is left exactly as it would be without
+    this callback: its parameters, modes and random streams are not touched.
+
+    Only rank 0 writes; every rank waits for it at each round end, and all ranks stop with its
+    error if it fails. A resumed run replaces a variant it saves again instead of listing it twice.
+
+    To compact a model without training, call :func:`lightning_shifter.variants.add_variant`.
+
+    Args:
+        portfolio_dir: the portfolio folder (created if missing; an existing portfolio for the same
+            input is added to).
+        example_input_shape: the input shape the variants are exported for, batch included, e.g.
+            ``(1, 3, 32, 32)``; by default the shape of ``pl_module.example_input_array``.
+        input_dtype: dtype of that input.
+        evaluate: measure ``val_acc_sparse`` and ``val_acc_compacted`` (top-1 accuracy of class
+            logits) on the validation data. The full validation set of the datamodule, the module
+            or ``fit(val_dataloaders=...)`` is used (the first loader if there are several).
+        unpack_batch: batch -> ``(inputs, targets)``; by default ``(batch[0], batch[1])``.
+
+    Example::
+
+        import lightning.pytorch as pl
+        from lightning_shifter.callbacks.compaction import Compaction
+        from lightning_shifter.demo import DigitsDataModule, DigitsResNet
+        from lightning_shifter.imp import IterativeMagnitudePruning
+
+        compaction = Compaction("portfolio/", example_input_shape=(1, 1, 8, 8))
+        trainer = pl.Trainer(max_epochs=3, callbacks=[
+            IterativeMagnitudePruning(rounds=2, epochs_per_round=1, rewind_step=5), compaction])
+        trainer.fit(DigitsResNet(), datamodule=DigitsDataModule())
+        print([v.name for v in compaction.portfolio.pareto_front()])
+    """
+
+    def __init__(
+        self,
+        portfolio_dir: str | os.PathLike,
+        example_input_shape: Sequence[int] | None = None,
+        input_dtype: str = "float32",
+        evaluate: bool = True,
+        unpack_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        if example_input_shape is not None:
+            example_input_shape = tuple(example_input_shape)
+            if not example_input_shape or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in example_input_shape
+            ):
+                raise MisconfigurationException(
+                    f"example_input_shape must be positive integers, batch first, e.g. (1, 3, 32, 32); "
+                    f"got {example_input_shape!r}"
+                )
+        if not isinstance(getattr(torch, str(input_dtype), None), torch.dtype):
+            raise MisconfigurationException(f"input_dtype {input_dtype!r} is not a torch dtype name such as 'float32'")
+        self.portfolio_dir = Path(portfolio_dir)
+        self.example_input_shape = example_input_shape
+        self.input_dtype = input_dtype
+        self.evaluate = evaluate
+        self.unpack_batch = unpack_batch or default_unpack
+        self.saved_rounds: list[int] = []
+        self._input_shape: tuple[int, ...] | None = None
+
+    @property
+    def portfolio(self) -> Portfolio:
+        """The portfolio as it is on disk now, with what later callbacks (e.g. ExecuTorchExport) added."""
+        return Portfolio.open(self.portfolio_dir, verify=False)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not any(isinstance(cb, IterativeMagnitudePruning) for cb in trainer.callbacks):
+            raise MisconfigurationException(
+                "Compaction saves a variant at the end of every round of IterativeMagnitudePruning, but "
+                "no IterativeMagnitudePruning callback is in the Trainer: add one, or compact a model you "
+                "already have without training with lightning_shifter.variants.add_variant(portfolio, model, "
+                "example_inputs, name=..., round=...)"
+            )
+        self._input_shape = self.example_input_shape or self._shape_from_module(pl_module)
+        if self.evaluate and not _val_source(trainer).is_defined():
+            raise MisconfigurationException(
+                "Compaction(evaluate=True) measures accuracy on the validation data, but there is none: "
+                "define val_dataloader() in the datamodule or module, pass val_dataloaders to fit, or "
+                "use Compaction(evaluate=False)"
+            )
+        if trainer.is_global_zero:
+            try:
+                portfolio = Portfolio.create(self.portfolio_dir, self._input_shape, self.input_dtype)
+            except PortfolioError as err:
+                raise MisconfigurationException(str(err)) from err
+            if len(portfolio) and trainer.ckpt_path is None:
+                rank_zero_warn(
+                    f"{self.portfolio_dir} already holds variants {portfolio.names}; those this run "
+                    "saves again (same round) are replaced, the others stay"
+                )
+
+    def on_pruning_round_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: Any) -> None:
+        name = variant_name(record.round)
+        failure: Exception | None = None
+        if trainer.is_global_zero:
+            try:
+                # read afresh: other callbacks may have updated the manifest since the last round
+                portfolio = Portfolio.open(self.portfolio_dir, verify=False)
+                if not (record.round in self.saved_rounds and name in portfolio):
+                    with _untouched_rng(pl_module.device):
+                        self._save(trainer, pl_module, portfolio, record, name)
+            except Exception as err:
+                failure = err
+        # Every rank waits here for rank 0 and learns whether it failed, so all of them go on or stop
+        # together (a plain barrier would leave the others waiting forever after a failure).
+        message = None if failure is None else f"{type(failure).__name__}: {failure}"
+        rank_zero_failure = trainer.strategy.broadcast(message)
+        if failure is not None:
+            raise failure
+        if rank_zero_failure is not None:
+            raise RuntimeError(f"rank 0 could not save the variant {name}: {rank_zero_failure}")
+        if record.round not in self.saved_rounds:
+            self.saved_rounds.append(record.round)
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, portfolio: Portfolio, record: Any,
+              name: str) -> None:
+        dtype = getattr(torch, self.input_dtype)
+        generator = torch.Generator().manual_seed(record.round)
+        if dtype.is_floating_point:
+            example = torch.randn(self._input_shape, generator=generator).to(dtype)
+        else:
+            example = torch.zeros(self._input_shape, dtype=dtype)
+        val_data = _first_loader(_val_source(trainer).dataloader()) if self.evaluate else None
+        variant = add_variant(
+            portfolio, pl_module, example, name=name, round=record.round, density=record.density,
+            val_data=val_data, unpack=self.unpack_batch,
+        )
+        numbers = {"params": variant.params, "macs": variant.macs, "exactness_error": variant.exactness_error}
+        numbers.update(variant.metrics)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"compaction/{k}": v for k, v in numbers.items()}, step=trainer.global_step)
+        accuracy = ", ".join(f"{k} {v:.4f}" for k, v in variant.metrics.items())
+        rank_zero_info(
+            f"Compaction: saved {name} (density {variant.density:.4f}, params "
+            f"{variant.compaction.get('params_before', '?')} -> {variant.params}, MACs {variant.macs}"
+            f"{', ' + accuracy if accuracy else ''}, max error {variant.exactness_error:.2e}) to {self.portfolio_dir}"
+        )
+
+    def _shape_from_module(self, pl_module: pl.LightningModule) -> tuple[int, ...]:
+        example = pl_module.example_input_array
+        if not isinstance(example, torch.Tensor):
+            raise MisconfigurationException(
+                "Compaction needs the input shape to export variants for: pass "
+                "Compaction(example_input_shape=(1, C, H, W)) or set a single tensor as "
+                f"{type(pl_module).__name__}.example_input_array (it is {type(example).__name__})"
+            )
+        return tuple(example.shape)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"saved_rounds": list(self.saved_rounds)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        rounds = state_dict.get("saved_rounds")
+        if not isinstance(rounds, list) or not all(isinstance(r, int) for r in rounds):
+            raise MisconfigurationException(
+                f"the checkpoint's Compaction state {state_dict!r} has no list of saved rounds: it was not "
+                "written by this callback; resume from a checkpoint of a run that used Compaction"
+            )
+        self.saved_rounds = list(rounds)
+
+
+def _val_source(trainer: pl.Trainer) -> Any:
+    # Where fit's validation data comes from (datamodule, module or fit(val_dataloaders=...)); asking
+    # it again gives the user's own loader: the full set, not a distributed shard of it.
+    return trainer.fit_loop.epoch_loop.val_loop._data_source
+
+
+def _first_loader(loaders: Any) -> Any:
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()))
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0]
+    return loaders
+
+
+@contextmanager
+def _untouched_rng(device: torch.device) -> Iterator[None]:
+    """Run a block without advancing the random streams the training run draws from."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        # only the model's own accelerator: forking every visible device would initialise them all
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)

@@ -1,0 +1,193 @@
+"""Turn a sparse model into a portfolio variant: compact, evaluate, export, measure, record.
+
+Pure functions, no Lightning: the :class:`~lightning_shifter.callbacks.compaction.Compaction`
+callback calls :func:`add_variant` at every pruning round end, and anyone with a sparse model
+(a checkpoint pruned elsewhere, say) can call it directly.
+
+Example::
+
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> from lightning_shifter.portfolio import Portfolio
+    >>> from lightning_shifter.variants import add_variant
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    >>> with torch.no_grad():  # half the hidden neurons pruned away entirely
+    ...     _ = model[1].weight[:16].zero_(), model[1].bias[:16].zero_()
+    >>> portfolio = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 1, 8, 8))
+    >>> variant = add_variant(portfolio, model, torch.randn(1, 1, 8, 8), name="mine", round=0)
+    >>> variant.params < sum(p.numel() for p in model.parameters())
+    True
+    >>> restored = Portfolio.open(portfolio.root).load_module("mine")  # the compacted model, no pickle
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_shifter import masks
+from lightning_shifter.compaction import compact
+from lightning_shifter.portfolio import Portfolio, PortfolioError, Variant, validate_variant_name
+
+Unpack = Callable[[Any], tuple[Tensor, Tensor]]
+
+
+def variant_name(round: int) -> str:
+    """The portfolio name of the variant made at a pruning round: ``round-00``, ``round-01``, ..."""
+    return f"round-{round:02d}"
+
+
+def default_unpack(batch: Any) -> tuple[Tensor, Tensor]:
+    """``(inputs, targets)`` of a ``(inputs, targets, ...)`` batch, as classification loaders yield."""
+    inputs = targets = None
+    if not isinstance(batch, Tensor):  # a bare tensor batch has no targets, its rows are not (x, y)
+        try:
+            inputs, targets = batch[0], batch[1]
+        except (TypeError, IndexError, KeyError):
+            pass
+    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
+        raise ValueError(
+            f"cannot take (inputs, targets) tensors from a batch of type {type(batch).__name__}: pass "
+            "unpack=... (Compaction(unpack_batch=...)), a function batch -> (inputs, targets)"
+        )
+    return inputs, targets
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, batches: Iterable[Any], unpack: Unpack = default_unpack) -> float:
+    """Top-1 accuracy (torchmetrics, micro average) of a classifier's logits over ``batches``.
+
+    The model runs as it is (put it in eval mode first); inputs go to the device of its parameters.
+    """
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    metric: MulticlassAccuracy | None = None
+    for batch in batches:
+        inputs, targets = unpack(batch)
+        logits = model(inputs.to(device))
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
+            shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(
+                f"accuracy needs class logits of shape [batch, classes >= 2], the model returned {shape}; "
+                "evaluate such a model yourself and pass its numbers as metrics (Compaction(evaluate=False))"
+            )
+        if metric is None:
+            metric = MulticlassAccuracy(num_classes=logits.shape[1], average="micro").to(logits.device)
+        metric.update(logits, targets.to(logits.device))
+    if metric is None:
+        raise ValueError("there is no batch to evaluate on: the validation data is empty")
+    return float(metric.compute())
+
+
+def model_density(model: nn.Module) -> float:
+    """Nonzero / total weights over the model's conv and linear layers (the IMP callback's default)."""
+    return masks.density(masks.prunable_weights(model).values())
+
+
+def add_variant(
+    portfolio: Portfolio,
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    name: str,
+    round: int,
+    density: float | None = None,
+    metrics: dict[str, float] | None = None,
+    check_inputs: Tensor | tuple[Tensor, ...] | None = None,
+    val_data: Iterable[Any] | None = None,
+    unpack: Unpack = default_unpack,
+) -> Variant:
+    """Compact a sparse model and save it into ``portfolio`` as the variant ``name``.
+
+    The model is never modified: a CPU copy in eval mode is compacted (exactly, see
+    :func:`lightning_shifter.compaction.compact`), exported with :func:`torch.export.export` at the
+    portfolio's input shape and saved as ``<name>/model.pt2``; then its entry (density, params, MACs,
+    file size and sha256, accuracies, exactness error, compaction summary) replaces any variant of
+    the same name in ``manifest.json``. The old entry is unlisted before its file is overwritten, so
+    a crash at any point never leaves a listed variant whose file does not match.
+
+    Args:
+        portfolio: where to save (:meth:`Portfolio.create` makes or opens one).
+        model: the sparse model (pruned weights are zeros).
+        example_inputs: one input of the portfolio's shape and dtype (``portfolio.input_shape``).
+        name: the variant's name and folder, e.g. ``variant_name(round)``.
+        round: the pruning round the model comes from (0 for a model pruned elsewhere).
+        density: nonzero / total prunable weights; by default measured over conv and linear weights.
+        metrics: numbers to record as they are (``val_data`` adds ``val_acc_sparse`` and
+            ``val_acc_compacted`` to them).
+        check_inputs: a real batch to verify compaction on, besides random inputs; by default the
+            first batch of ``val_data``.
+        val_data: re-iterable validation batches (a ``DataLoader`` or a list) to measure the sparse
+            and the compacted model's accuracy on.
+        unpack: batch -> ``(inputs, targets)``.
+    """
+    validate_variant_name(name)
+    if not isinstance(round, int) or isinstance(round, bool) or round < 0:
+        raise ValueError(f"round must be a non-negative integer, got {round!r}")
+    example_inputs = _check_example(portfolio, example_inputs)
+    if val_data is not None and iter(val_data) is val_data:
+        raise ValueError(
+            "val_data is a one-shot iterator but it is read more than once: pass a DataLoader or a list of batches"
+        )
+
+    measured = {key: float(value) for key, value in (metrics or {}).items()}
+    sparse = copy.deepcopy(model).cpu().eval()
+    if density is None:
+        density = model_density(sparse)
+    if val_data is not None:
+        measured["val_acc_sparse"] = evaluate_accuracy(sparse, val_data, unpack)
+        if check_inputs is None:
+            check_inputs = unpack(next(iter(val_data)))[0]
+    if check_inputs is not None:
+        check_inputs = tuple(t.cpu() for t in _as_tuple(check_inputs))
+    with torch.no_grad():
+        result = compact(sparse, example_inputs, check_inputs=check_inputs)
+    compacted = result.module.eval()
+    if val_data is not None:
+        measured["val_acc_compacted"] = evaluate_accuracy(compacted, val_data, unpack)
+    program = torch.export.export(compacted, example_inputs)
+
+    # Unlisted before its files are overwritten: a crash in between leaves the variant missing (and
+    # redone on resume), never listed with a file that fails its sha256.
+    if name in portfolio:
+        portfolio.remove_variant(name)
+    entry = portfolio.write_file(name, "pt2", lambda f: torch.export.save(program, f))
+    variant = Variant(
+        name=name,
+        round=round,
+        density=float(density),
+        params=result.report.params_after,
+        macs=result.report.macs_after,
+        files={"pt2": entry},
+        metrics=measured,
+        exactness_error=float(result.report.max_abs_error),
+        compaction=result.report.summary(),
+    )
+    portfolio.put_variant(variant)
+    return variant
+
+
+def _as_tuple(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+
+
+def _check_example(portfolio: Portfolio, example_inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    inputs = _as_tuple(example_inputs)
+    if len(inputs) != 1 or not isinstance(inputs[0], Tensor):
+        raise ValueError(
+            f"a portfolio variant takes exactly one input tensor, got {len(inputs)} input(s): wrap a model "
+            "with several inputs in a module that takes one"
+        )
+    example = inputs[0].detach().cpu()
+    dtype = str(example.dtype).removeprefix("torch.")
+    if tuple(example.shape) != portfolio.input_shape or dtype != portfolio.input_dtype:
+        raise PortfolioError(
+            f"the example input is {list(example.shape)} {dtype} but the "
+            f"portfolio at {portfolio.root} holds models for {list(portfolio.input_shape)} {portfolio.input_dtype}: "
+            "pass an example of the portfolio's input or use another portfolio folder"
+        )
+    return (example,)
