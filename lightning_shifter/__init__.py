@@ -24,7 +24,19 @@ _EXPORTS = {
     "Variant": "lightning_shifter.portfolio",
     "PortfolioError": "lightning_shifter.portfolio",
     "export_portfolio": "lightning_shifter.export",
+    "ExportReport": "lightning_shifter.export",
+    "ExportError": "lightning_shifter.export",
+    "add_variant": "lightning_shifter.variants",
     "Switcher": "lightning_shifter.runtime",
+    "SwitchError": "lightning_shifter.runtime",
+    "LatencyBudget": "lightning_shifter.runtime",
+    "MemoryBudget": "lightning_shifter.runtime",
+    "MinAccuracy": "lightning_shifter.runtime",
+    "AllOf": "lightning_shifter.runtime",
+    "CpuLoadSignal": "lightning_shifter.runtime",
+    "ScheduleSignal": "lightning_shifter.runtime",
+    "PowerThermalSignal": "lightning_shifter.runtime",
+    "write_report": "lightning_shifter.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -42,7 +54,19 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_shifter.callbacks import Compaction, ExecuTorchExport
     from lightning_shifter.compaction import CompactionError, CompactionResult, compact
-    from lightning_shifter.export import export_portfolio
+    from lightning_shifter.export import ExportError, ExportReport, export_portfolio
     from lightning_shifter.imp import IterativeMagnitudePruning, RoundRecord
     from lightning_shifter.portfolio import Portfolio, PortfolioError, Variant
-    from lightning_shifter.runtime import Switcher
+    from lightning_shifter.report import write_report
+    from lightning_shifter.runtime import (
+        AllOf,
+        CpuLoadSignal,
+        LatencyBudget,
+        MemoryBudget,
+        MinAccuracy,
+        PowerThermalSignal,
+        ScheduleSignal,
+        Switcher,
+        SwitchError,
+    )
+    from lightning_shifter.variants import add_variant

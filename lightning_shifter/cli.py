@@ -1,23 +1,67 @@
-"""The ``lightning-shifter`` command.
+"""The ``lightning-shifter`` command: one subcommand per step of the pipeline.
+
+::
+
+    lightning-shifter demo                      # everything, on scikit-learn's digits, offline
+    lightning-shifter fit --config cfg.yaml     # your LightningModule/DataModule with the callbacks
+    lightning-shifter compact model.pt2 --portfolio portfolio/
+    lightning-shifter export portfolio/ --datamodule my.data.DataModule
+    lightning-shifter bench portfolio/ --runner
+    lightning-shifter device list|deploy|bench|switch portfolio/
+    lightning-shifter report portfolio/ --session session.json
 
 Each subcommand is registered by one ``_add_<name>`` function in :data:`SUBCOMMANDS` that adds its
 parser and sets ``handler``; handlers import their (heavy) modules lazily so ``--help`` stays fast.
-Exit codes: 0 success, 1 the command failed (the message says why), 2 bad usage.
+Exit codes: 0 success, 1 the command failed (one ``error:`` line says why and what to do), 2 bad
+usage (argparse's message), 130 interrupted.
+
+Example::
+
+    >>> from lightning_shifter.cli import main
+    >>> main(["report", "portfolio/"])  # doctest: +SKIP
+    0
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from lightning_shifter import __version__
+
+PRECISIONS = ("fp32", "int8")
 
 
 class CommandError(Exception):
     """A failure the user can fix: printed as ``error: <message>``, exit code 1."""
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _console() -> Any:
+    from rich.console import Console
+
+    # created per call: it writes to the sys.stdout of that moment; logs and pipes get wide tables
+    return Console(width=None if sys.stdout.isatty() else 180)
+
+
+@contextmanager
+def _progress(enabled: bool = True) -> Iterator[Any]:
+    """A rich progress display with a bar, counts and elapsed time (silent when not ``enabled``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=_console(), disable=not enabled, transient=False) as progress:
+        yield progress
 
 
 def _fresh_run_dir(prefix: str) -> Path:
@@ -36,55 +80,734 @@ def _empty_output_dir(path: Path | None, prefix: str) -> Path:
     return path
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from lightning_shifter.demo import run_demo
-
-    # the demo model is tiny: extra intra-op threads only add OpenMP spinning on a busy machine
-    torch.set_num_threads(args.threads)
-    out = _empty_output_dir(args.out, "demo")
-    print(f"lightning-shifter demo: writing to {out}")
-    records = run_demo(out, rounds=args.rounds, epochs_per_round=args.epochs_per_round,
-                       rewind_step=args.rewind_step, seed=args.seed, progress_bar=not args.no_progress)
-    final = records[-1]
-    print(f"{len(records)} rounds; final density {final.density:.4f}, "
-          f"val_acc {final.metrics.get('val_acc', float('nan')):.4f}; results in {out}")
-    return 0
-
-
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in re.split(r"[,x ]+", text.strip()) if d)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"expected positive sizes, batch first, such as 1,3,32,32; got {text!r}")
+    return shape
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 8}}', got {text!r} ({err})")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 8}}', got {text!r}")
+    return value
+
+
+def _import_class(path: str, what: str) -> type:
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise CommandError(f"{what} {path!r} is not a class path: write it as package.module.ClassName")
+    try:
+        value = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise CommandError(f"cannot import {what} {path!r} ({err}): check the spelling and that its package is "
+                           "installed or on PYTHONPATH") from None
+    if not isinstance(value, type):
+        raise CommandError(f"{what} {path!r} is a {type(value).__name__}, not a class")
+    return value
+
+
+def _datamodule(path: str | None, init_args: dict[str, Any]) -> Any:
+    """An instantiated, set-up LightningDataModule from its class path (``None`` when not given)."""
+    if path is None:
+        return None
+    cls = _import_class(path, "datamodule")
+    try:
+        datamodule = cls(**init_args)
+        datamodule.setup("fit")
+    except TypeError as err:
+        raise CommandError(f"cannot create {path} with {init_args}: {err}; fix --datamodule-args") from None
+    return datamodule
+
+
+def _add_datamodule_args(parser: argparse.ArgumentParser, purpose: str) -> None:
+    parser.add_argument("--datamodule", metavar="CLASS_PATH",
+                        help=f"a LightningDataModule class path, e.g. lightning_shifter.demo.DigitsDataModule: {purpose}")
+    parser.add_argument("--datamodule-args", type=_json_object, default={}, metavar="JSON",
+                        help="its constructor arguments as a JSON object (default: {})")
+
+
+# ---------------------------------------------------------------------------------------- demo
+def _run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from lightning_shifter import demo
+    from lightning_shifter.device import DeviceError, LocalDevice
+
+    # the demo model is tiny: extra intra-op threads only add OpenMP spinning on a busy machine
+    torch.set_num_threads(args.threads)
+    console = _console()
+    out = _empty_output_dir(args.out, "demo")
+    console.print(f"lightning-shifter demo: writing to {out}")
+    started = time.perf_counter()
+
+    device, runner, runner_problem = None, None, None
+    if args.runner != "skip":  # first, so that a run that needs the runner fails before training
+        device = LocalDevice(out / "native-runner", device_id="host-native")
+        with console.status("building the native runner (mobile/build.sh host)"):
+            try:
+                runner = demo.prepare_runner(device)
+            except DeviceError as err:
+                if args.runner == "require":
+                    raise CommandError(str(err)) from None
+                runner_problem = str(err)
+                console.print(f"[yellow]native runner skipped:[/yellow] {err}")
+
+    records = demo.run_demo(out, rounds=args.rounds, epochs_per_round=args.epochs_per_round,
+                            rewind_step=args.rewind_step, seed=args.seed, progress_bar=not args.no_progress,
+                            width=args.width, prune_fraction=args.prune_fraction)
+    portfolio_dir = out / "portfolio"
+    datamodule = demo.DigitsDataModule(seed=args.seed)
+    datamodule.setup("fit")
+    report = _export(portfolio_dir, args.precisions, datamodule, None, 1, False, not args.no_progress)
+    if report.failed:
+        raise CommandError(_failed_programs(report))
+
+    runner_bench = None
+    if runner is not None:
+        from lightning_shifter.device import bench, deploy
+
+        with console.status(f"benchmarking every program on the native runner ({device.id})"):
+            deployment = deploy(device, portfolio_dir, args.precisions, runner=runner)
+            runner_bench = bench(device, portfolio_dir, args.precisions, warmup=5, runs=args.runner_runs,
+                                 reloads=3, deployment=deployment)
+
+    sessions, switching = _demo_sessions(portfolio_dir, args, device if runner is not None else None, console)
+    sessions_dir = out / "sessions"
+    sessions_dir.mkdir()
+    for title, events in sessions.items():
+        (sessions_dir / f"{_slug(title)}.json").write_text(json.dumps({"title": title, "events": events}, indent=1))
+
+    from lightning_shifter.report import write_report
+
+    with console.status("writing the report"):
+        page = write_report(portfolio_dir, out / "report", sessions=sessions)
+    summary = {"seconds": time.perf_counter() - started, "rounds": len(records), "switching": switching,
+               "native_runner": (runner_problem or "ok") if args.runner != "skip" else "skipped",
+               "report": str(page)}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+
+    console.print(_portfolio_table(portfolio_dir, device.id if runner_bench is not None else None))
+    console.print(_switching_table(switching))
+    if runner_problem:
+        console.print(f"[yellow]native runner not measured:[/yellow] {runner_problem}")
+    console.print(f"{len(records)} rounds in {summary['seconds']:.0f} s; portfolio: {portfolio_dir}")
+    console.print(f"report: {page}")
+    return 0
+
+
+def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, console: Any
+                   ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """A host Switcher session (and one on the native runner) under a latency budget that drops and rises."""
+    from lightning_shifter import demo
+    from lightning_shifter.portfolio import Portfolio
+    from lightning_shifter.runtime import LatencyBudget, ScheduleSignal, Switcher, load_method
+
+    switcher = Switcher(portfolio_dir, args.precisions, policy=LatencyBudget(), measure=None)
+    schedule = demo.budget_schedule(switcher.options(), args.session_seconds)
+    switcher.signals.append(ScheduleSignal("latency_budget_ms", schedule))
+    portfolio = Portfolio.open(portfolio_dir, verify=False)
+    load_ms = [load_method(portfolio.file_path(o.name, o.precision))[1] for o in switcher.options()]
+
+    sessions, summaries = {}, {}
+    with _progress(not args.no_progress) as progress:
+        task = progress.add_task("switching session, host ExecuTorch", total=round(args.session_seconds, 1))
+        events = demo.host_switch_session(
+            switcher, args.session_seconds, on_step=lambda t: progress.update(task, completed=round(t, 1)))
+        progress.update(task, completed=round(args.session_seconds, 1))
+    sessions["host ExecuTorch Switcher"] = events
+    summaries["host ExecuTorch Switcher"] = demo.switching_summary(events, load_ms, inferences=len(events))
+
+    if device is not None:
+        from lightning_shifter.device import switch_session
+
+        with console.status(f"switching session on the native runner ({device.id})"):
+            report = switch_session(device, portfolio_dir, LatencyBudget(),
+                                    [ScheduleSignal("latency_budget_ms", schedule)],
+                                    duration_s=args.session_seconds, precisions=args.precisions)
+        events = demo.device_session_events(report)
+        reload_ms = [v[p]["reload_ms"] for v in (variant.devices.get(device.id, {})
+                                                  for variant in Portfolio.open(portfolio_dir, verify=False).variants)
+                     for p in args.precisions if p in v]
+        sessions[f"native runner ({device.id})"] = events
+        summaries[f"native runner ({device.id})"] = demo.switching_summary(events, reload_ms, report.inferences)
+    return sessions, summaries
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def _portfolio_table(portfolio_dir: Path, runner_id: str | None) -> Any:
+    from rich.table import Table
+
+    from lightning_shifter.portfolio import Portfolio
+
+    portfolio = Portfolio.open(portfolio_dir, verify=False)
+    dense = max(portfolio.variants, key=lambda v: v.params)
+    table = Table(title=f"Portfolio {portfolio_dir}: {len(portfolio)} variants")
+    columns = ["variant", "density", "params", "smaller", "MACs", "acc sparse", "acc compact", "acc int8",
+               "exact err", "host fp32 ms", "host int8 ms"]
+    if runner_id is not None:
+        columns += ["runner fp32 ms", "runner int8 ms"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "variant" else "right")
+
+    def pct(key: str, v: Any) -> str:
+        value = v.metrics.get(key)
+        return "" if value is None else f"{100 * value:.1f}%"
+
+    def ms(value: Any) -> str:
+        return "" if value is None else f"{value:.3f}"
+
+    for v in portfolio.variants:
+        row = [v.name, f"{v.density:.4f}", f"{v.params:,}", f"{dense.params / max(v.params, 1):.2f}x", f"{v.macs:,}",
+               pct("val_acc_sparse", v), pct("val_acc_compacted", v), pct("val_acc_int8", v),
+               "" if v.exactness_error is None else f"{v.exactness_error:.1e}",
+               ms(v.host.get("fp32", {}).get("p50_ms")), ms(v.host.get("int8", {}).get("p50_ms"))]
+        if runner_id is not None:
+            on_runner = v.devices.get(runner_id, {})
+            row += [ms(on_runner.get(p, {}).get("p50_ms")) for p in PRECISIONS]
+        table.add_row(*row)
+    return table
+
+
+def _switching_table(summaries: dict[str, dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Switching under a latency budget that drops and rises")
+    for column in ("session", "inferences", "switches", "switch us (median)", "switch us (max)",
+                   "load from storage ms", "switch vs load"):
+        table.add_column(column, justify="left" if column == "session" else "right")
+    for title, s in summaries.items():
+        table.add_row(title, str(s["inferences"]), str(s["switches"]),
+                      f"{s['switch_us_median']:.2f}" if "switch_us_median" in s else "",
+                      f"{s['switch_us_max']:.2f}" if "switch_us_max" in s else "",
+                      f"{s['load_ms_median']:.2f}" if "load_ms_median" in s else "",
+                      f"{s['speedup_vs_load']:,.0f}x" if "speedup_vs_load" in s else "")
+    return table
+
+
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train a small ResNet on scikit-learn's digits with iterative magnitude pruning",
-        description="Train DigitsResNet on the digits bundled with scikit-learn (no download) with "
-                    "iterative magnitude pruning and rewinding, and print the per-round table.",
+        "demo", help="the whole pipeline on scikit-learn's digits: train, prune, compact, export, bench, switch, report",
+        description="Train DigitsResNet on the digits bundled with scikit-learn (real data, no download) with "
+                    "iterative magnitude pruning and rewinding, compact every round exactly, export every variant "
+                    "to ExecuTorch (fp32 and int8), benchmark them on this host (ExecuTorch and the native runner), "
+                    "run a switching session under a latency budget that drops and rises, and write an HTML report.",
     )
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder, empty or new (default: a fresh folder under runs/)")
     parser.add_argument("--rounds", type=_positive_int, default=10, help="pruning rounds (default: 10)")
-    parser.add_argument("--epochs-per-round", type=_positive_int, default=2, help="epochs per round (default: 2)")
-    parser.add_argument("--rewind-step", type=int, default=10, help="optimizer step to rewind to (default: 10)")
+    parser.add_argument("--prune-fraction", type=_fraction, default=0.3,
+                        help="fraction of the remaining weights pruned per round (default: 0.3, density 0.028 "
+                             "after 10 rounds)")
+    parser.add_argument("--epochs-per-round", type=_positive_int, default=4, help="epochs per round (default: 4)")
+    parser.add_argument("--rewind-step", type=int, default=20, help="optimizer step to rewind to (default: 20)")
+    parser.add_argument("--width", type=_positive_int, default=16, help="channels of the model's first stage (default: 16)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                        help="programs to export (default: fp32 int8)")
+    parser.add_argument("--runner", choices=("auto", "require", "skip"), default="auto",
+                        help="the native runner benchmark: auto (build and use it if possible, else say why "
+                             "and go on), require (fail when it cannot be built), skip (default: auto)")
+    parser.add_argument("--runner-runs", type=_positive_int, default=50,
+                        help="timed inferences per program on the native runner (default: 50)")
+    parser.add_argument("--session-seconds", type=_positive_float, default=4.0,
+                        help="length of each switching session (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(handler=_run_demo)
 
 
-#: One registration function per subcommand; later stages (compact, export, bench, device, report) add theirs.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo]
+# ---------------------------------------------------------------------------------------- fit
+def _run_fit(args: argparse.Namespace) -> int:
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    # LightningCLI (jsonargparse) gives --config, --print_config, --help and exit code 2 on bad usage
+    with warnings.catch_warnings():  # it warns that sys.argv is set too: it holds our own arguments
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                           args=args.lightning_args, run=False, save_config_kwargs={"overwrite": True},
+                           parser_kwargs={"prog": "lightning-shifter fit"})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return 0
+
+
+def _add_fit(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fit", add_help=False,
+        help="train your LightningModule/DataModule with the shifter callbacks from a config (LightningCLI)",
+        description="LightningCLI: `lightning-shifter fit --config cfg.yaml`; `fit --help` lists every option, "
+                    "`fit --print_config` prints a complete config to start from.",
+    )
+    parser.set_defaults(handler=_run_fit)
+
+
+# ---------------------------------------------------------------------------------------- compact
+def _load_source(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None, float | None]:
+    """The model to compact, the input shape it records (if any), and its density when the model's
+    layers cannot tell it (an exported program: its weights of two or more dimensions)."""
+    import pickle
+
+    import torch
+
+    source: Path = args.source
+    if not source.is_file():
+        raise CommandError(f"{source} does not exist or is not a file: pass a .pt2 program or a state_dict checkpoint")
+    if source.suffix == ".pt2":
+        if args.model_class:
+            raise CommandError("--model-class is for state_dict checkpoints; a .pt2 program carries its own graph")
+        try:
+            program = torch.export.load(source)
+        except Exception as err:  # torch.export.load raises many types for foreign or damaged files
+            raise CommandError(f"cannot load {source} as a torch.export program ({type(err).__name__}: {err}); "
+                               "save it with torch.export.save") from None
+        shapes = [tuple(node.meta["val"].shape) for node in program.graph.nodes
+                  if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
+        weights = [w for w in program.state_dict.values() if w.ndim >= 2]  # conv and linear weights
+        density = sum(int(w.count_nonzero()) for w in weights) / max(sum(w.numel() for w in weights), 1)
+        return program.module(), shapes[0] if len(shapes) == 1 else None, density
+    if not args.model_class:
+        raise CommandError(f"{source} holds only weights: pass --model-class package.module.Class (and --init-args) "
+                           "to build the model they belong to")
+    try:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise CommandError(f"cannot load {source} with weights_only=True ({str(err).splitlines()[0]}); save a plain "
+                           "state_dict (torch.save(model.state_dict(), path)) or a Lightning checkpoint") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CommandError(f"{source} is not a state_dict (a dict of tensors) or a Lightning checkpoint")
+    init_args = args.init_args
+    if init_args is None:
+        init_args = dict(checkpoint.get("hyper_parameters", {})) if "state_dict" in checkpoint else {}
+    cls = _import_class(args.model_class, "model class")
+    try:
+        model = cls(**init_args)
+    except TypeError as err:
+        raise CommandError(f"cannot create {args.model_class}(**{init_args}): {err}; fix --init-args") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors, all listed
+        problems = str(err).splitlines()[1:]
+        raise CommandError(f"{source} does not fit {args.model_class}({init_args}): {problems[0].strip()}"
+                           f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; pass the "
+                           "--init-args the model was trained with") from None
+    example = getattr(model, "example_input_array", None)
+    return model, tuple(example.shape) if isinstance(example, torch.Tensor) else None, None
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    import torch
+
+    from lightning_shifter.portfolio import Portfolio
+    from lightning_shifter.variants import add_variant
+
+    model, recorded_shape, density = _load_source(args)
+    shape = args.input_shape or recorded_shape
+    if shape is None:
+        raise CommandError("the input shape is unknown: pass --input-shape, batch first, e.g. 1,3,32,32")
+    dtype = getattr(torch, args.input_dtype)
+    datamodule = _datamodule(args.datamodule, args.datamodule_args)
+    portfolio = Portfolio.create(args.portfolio, shape, args.input_dtype)
+    name = args.name or args.source.stem
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    console = _console()
+    with console.status(f"compacting {args.source} into {args.portfolio}/{name}"):
+        variant = add_variant(portfolio, model, example, name=name, round=args.round, density=density,
+                              val_data=datamodule.val_dataloader() if datamodule is not None else None)
+    summary = variant.compaction
+    console.print(
+        f"{name}: params {summary['params_before']:,} -> {variant.params:,} "
+        f"({summary['params_before'] / max(variant.params, 1):.2f}x smaller), MACs {summary['macs_before']:,} -> "
+        f"{variant.macs:,}, channels removed {summary['removed']}, max error {variant.exactness_error:.1e}"
+        + "".join(f", {k} {v:.4f}" for k, v in variant.metrics.items())
+    )
+    if summary["channels_before"] == 0:
+        console.print(
+            "[yellow]note:[/yellow] compaction found no convolution or linear layer to analyse in this model "
+            f"(ops it does not understand: {', '.join(summary['unsupported'][:6])}); the variant is saved "
+            "unchanged. A torch.export program holds aten ops, not layers: compact the original nn.Module "
+            "(its state_dict with --model-class) to remove channels."
+        )
+    console.print(f"saved {args.portfolio / name} (model.pt2) and its entry in {args.portfolio / 'manifest.json'}")
+    return 0
+
+
+def _add_compact(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compact", help="compact a sparse model (a .pt2 program or a state_dict) into a portfolio variant",
+        description="Remove every channel, filter and neuron that provably does not change the output, verify "
+                    "the result, and save it as a variant (model.pt2 + manifest entry) of a portfolio. Checkpoints "
+                    "are loaded with torch.load(weights_only=True): no arbitrary objects are unpickled.",
+    )
+    parser.add_argument("source", type=Path, help="a torch.export program (.pt2) or a state_dict / Lightning checkpoint")
+    parser.add_argument("--portfolio", type=Path, required=True, help="the portfolio folder (created if missing)")
+    parser.add_argument("--name", help="the variant's name (default: the source's file name without extension)")
+    parser.add_argument("--round", type=int, default=0, help="the pruning round it comes from (default: 0)")
+    parser.add_argument("--model-class", metavar="CLASS_PATH", help="for a checkpoint: the model's class path")
+    parser.add_argument("--init-args", type=_json_object, default=None, metavar="JSON",
+                        help="the model's constructor arguments (default: the checkpoint's hyper_parameters, or none)")
+    parser.add_argument("--input-shape", type=_shape, default=None, metavar="N,C,H,W",
+                        help="input shape, batch first (default: the program's, or the model's example_input_array)")
+    parser.add_argument("--input-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="input dtype (default: float32)")
+    _add_datamodule_args(parser, "measures the sparse and compacted accuracy on its val_dataloader()")
+    parser.set_defaults(handler=_run_compact)
+
+
+# ---------------------------------------------------------------------------------------- export
+def _export(portfolio_dir: Path, precisions: Sequence[str], datamodule: Any, variants: Sequence[str] | None,
+            workers: int, force: bool, progress: bool, measure: bool = True) -> Any:
+    """export_portfolio, one variant at a time under a progress bar (all at once with workers > 1)."""
+    from lightning_shifter.export import ExportReport, export_portfolio
+    from lightning_shifter.portfolio import Portfolio
+
+    names = list(variants) if variants else Portfolio.open(portfolio_dir, verify=False).names
+    calibration = datamodule.train_dataloader() if datamodule is not None else None
+    validation = datamodule.val_dataloader() if datamodule is not None else None
+
+    def run(subset: list[str]) -> ExportReport:
+        try:
+            return export_portfolio(portfolio_dir, precisions, calibration, validation, variants=subset,
+                                    workers=workers, force=force, measure=measure)
+        except ValueError as err:  # bad arguments, explained by export_portfolio, caught before any work
+            raise CommandError(str(err)) from None
+
+    programs, started = [], time.perf_counter()
+    with _progress(progress) as bar:
+        task = bar.add_task(f"exporting {'/'.join(precisions)} programs", total=len(names) * len(precisions))
+        batches = [names] if workers > 1 else [[name] for name in names]
+        for batch in batches:
+            report = run(batch)
+            programs += report.programs
+            bar.advance(task, len(report.programs))
+    return ExportReport(programs, time.perf_counter() - started, workers)
+
+
+def _failed_programs(report: Any) -> str:
+    failed = "; ".join(f"{p.name}/{p.precision}: {p.error}" for p in report.failed)
+    return f"{len(report.failed)} program(s) failed their check and were not listed: {failed}"
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    datamodule = _datamodule(args.datamodule, args.datamodule_args)
+    report = _export(args.portfolio, args.precisions, datamodule, args.variants, args.workers, args.force,
+                     not args.no_progress, measure=not args.no_measure)
+    _console().print(report.table())
+    if report.failed:
+        raise CommandError(_failed_programs(report))
+    return 0
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="lower every variant of a portfolio to ExecuTorch programs (.pte, fp32 / int8)",
+        description="Lower each variant's model.pt2 to an ExecuTorch program with the XNNPACK delegate, check it "
+                    "against the PyTorch variant, time it on this host and record it in the manifest. int8 is "
+                    "calibrated on the datamodule's training data and must keep its validation accuracy. Programs "
+                    "already exported from an unchanged model.pt2 are skipped. Exits 1 if any program fails.",
+    )
+    parser.add_argument("portfolio", type=Path, help="the portfolio folder")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="programs to make (default: fp32; int8 needs --datamodule)")
+    _add_datamodule_args(parser, "int8 calibrates on train_dataloader(), accuracies come from val_dataloader()")
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="export only these variants (default: all)")
+    parser.add_argument("--workers", type=_positive_int, default=1, help="processes to export in (default: 1)")
+    parser.add_argument("--force", action="store_true", help="re-export programs that are up to date")
+    parser.add_argument("--no-measure", action="store_true", help="do not time the programs on this host")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(handler=_run_export)
+
+
+# ---------------------------------------------------------------------------------------- bench
+def _run_bench(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from lightning_shifter.portfolio import Portfolio
+    from lightning_shifter.runtime import example_input, measure_program
+
+    portfolio = Portfolio.open(args.portfolio, verify=True)
+    programs = [(v.name, p) for v in portfolio.variants for p in args.precisions if p in v.files]
+    if not programs:
+        raise CommandError(f"{args.portfolio} has no {'/'.join(args.precisions)} programs: run "
+                           f"`lightning-shifter export {args.portfolio}` first")
+    example = [example_input(portfolio.input_shape, portfolio.input_dtype)]
+    console = _console()
+    table = Table(title=f"Host ExecuTorch benchmark of {args.portfolio} ({args.runs} runs after {args.warmup} warm-up)")
+    for column in ("variant", "precision", "load ms", "p50 ms", "p90 ms"):
+        table.add_column(column, justify="left" if column in ("variant", "precision") else "right")
+    with _progress(not args.no_progress) as bar:
+        task = bar.add_task("timing programs (ExecuTorch, this host)", total=len(programs))
+        for name, precision in programs:
+            timing = measure_program(portfolio.file_path(name, precision), example, args.warmup, args.runs)
+            portfolio.update_variant(name, host={precision: {**portfolio[name].host.get(precision, {}),
+                                                             **timing.to_json()}})
+            table.add_row(name, precision, f"{timing.load_ms:.2f}", f"{timing.p50_ms:.4f}", f"{timing.p90_ms:.4f}")
+            bar.advance(task)
+    console.print(table)
+    if args.runner:
+        from lightning_shifter.demo import prepare_runner
+        from lightning_shifter.device import LocalDevice, bench, deploy
+
+        device = LocalDevice(args.workdir or args.portfolio.parent / ".shifter-host-runner", device_id=args.device_id)
+        with console.status("building / finding the native runner"):
+            build = prepare_runner(device)
+        with console.status(f"benchmarking every program on the native runner ({device.id})"):
+            precisions = [p for p in args.precisions if any(q == p for _, q in programs)]
+            deployment = deploy(device, args.portfolio, precisions, runner=build)
+            result = bench(device, args.portfolio, precisions, warmup=args.warmup, runs=args.runs, reloads=3,
+                           deployment=deployment)
+        console.print(result.table())
+    return 0
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="time every program of a portfolio on this host (ExecuTorch, optionally the native runner)",
+        description="Load each exported program with the ExecuTorch runtime and time it; the figures are written "
+                    "to the manifest (host). With --runner, also run the native runner on this machine through "
+                    "the device harness (the code path phones use) and record it as a device.",
+    )
+    parser.add_argument("portfolio", type=Path, help="an exported portfolio folder")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                        help="which programs (default: fp32 int8, those that exist)")
+    parser.add_argument("--warmup", type=int, default=5, help="inferences before timing (default: 5)")
+    parser.add_argument("--runs", type=_positive_int, default=50, help="timed inferences per program (default: 50)")
+    parser.add_argument("--runner", action="store_true", help="also benchmark on the native runner (mobile/)")
+    parser.add_argument("--device-id", default="host-native", help="device id the runner results are recorded under")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the runner and programs are deployed (default: <portfolio>/../.shifter-host-runner)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(handler=_run_bench)
+
+
+# ---------------------------------------------------------------------------------------- device
+def _adb_device(args: argparse.Namespace) -> Any:
+    from lightning_shifter.device import AdbDevice
+
+    return AdbDevice(args.serial, host=args.adb_host, port=args.adb_port, workdir=args.workdir)
+
+
+def _budget_points(text: str) -> list[tuple[float, float]]:
+    points = []
+    for part in text.split(","):
+        try:
+            seconds, value = (float(x) for x in part.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected SECONDS:MS pairs separated by commas, such as 0:5,3:0.5,6:5; got {text!r}") from None
+        points.append((seconds, value))
+    if [t for t, _ in points] != sorted(t for t, _ in points) or points[0][0] < 0:
+        raise argparse.ArgumentTypeError(f"budget times must start at >= 0 and increase, got {text!r}")
+    return points
+
+
+def _run_device_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from lightning_shifter.device import adb_client, list_devices
+
+    devices = list_devices(adb_client(args.adb_host, args.adb_port))
+    table = Table(title=f"adb devices at {args.adb_host}:{args.adb_port}")
+    table.add_column("serial")
+    table.add_column("state")
+    for serial, state in devices:
+        table.add_row(serial, state)
+    _console().print(table if devices else "no devices attached: connect a phone with USB debugging enabled")
+    return 0
+
+
+def _run_device_deploy(args: argparse.Namespace) -> int:
+    from lightning_shifter.device import deploy
+
+    device = _adb_device(args)
+    with _console().status(f"deploying {args.portfolio} to {device.id}"):
+        deployment = deploy(device, args.portfolio, args.precisions, build_root=args.build_root)
+    _console().print(f"{device.id}: {len(deployment.pushed)} files pushed ({deployment.bytes_pushed / 1e6:.1f} MB), "
+                     f"{len(deployment.skipped)} already there and verified; portfolio at {deployment.portfolio_dir}")
+    return 0
+
+
+def _run_device_bench(args: argparse.Namespace) -> int:
+    from lightning_shifter.device import AdbDevice, bench, deploy, on_devices
+
+    console = _console()
+    devices = (AdbDevice.all(args.adb_host, args.adb_port, workdir=args.workdir) if args.all
+               else [_adb_device(args)])
+    if not devices:
+        raise CommandError("no device in state 'device' is attached: check `lightning-shifter device list`")
+
+    def work(device: Any) -> Any:
+        deployment = deploy(device, args.portfolio, args.precisions, build_root=args.build_root)
+        return bench(device, args.portfolio, args.precisions, warmup=args.warmup, runs=args.runs,
+                     reloads=args.reloads, deployment=deployment)
+
+    with console.status(f"benchmarking {args.portfolio} on {', '.join(d.id for d in devices)}"):
+        results = on_devices(devices, work)
+    failures = {device_id: r for device_id, r in results.items() if isinstance(r, Exception)}
+    for device_id, result in results.items():
+        if not isinstance(result, Exception):
+            console.print(result.table())
+    if failures:
+        raise CommandError("; ".join(f"{device_id}: {err}" for device_id, err in failures.items()))
+    return 0
+
+
+def _run_device_switch(args: argparse.Namespace) -> int:
+    from lightning_shifter import demo
+    from lightning_shifter.device import switch_session
+    from lightning_shifter.runtime import LatencyBudget, ScheduleSignal
+
+    device = _adb_device(args)
+    with _console().status(f"switching session on {device.id} for {args.duration:g} s"):
+        report = switch_session(device, args.portfolio, LatencyBudget(), [ScheduleSignal("latency_budget_ms", args.budget)],
+                                duration_s=args.duration, precisions=args.precisions)
+    _console().print(report.table())
+    if args.session_out:
+        events = demo.device_session_events(report)
+        args.session_out.write_text(json.dumps({"title": device.id, "events": events, "summary": report.to_json()},
+                                               indent=1))
+        _console().print(f"session log: {args.session_out} (lightning-shifter report ... --session {args.session_out})")
+    return 0
+
+
+def _add_device(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "device", help="phones over adb: list, deploy, bench, switch",
+        description="Run a portfolio on Android devices through adb and the native runner (mobile/). Files are "
+                    "verified by sha256 on the device; results are recorded in the manifest per device.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def connection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--adb-host", default="127.0.0.1", help="adb server host (default: 127.0.0.1)")
+        p.add_argument("--adb-port", type=int, default=5037, help="adb server port (default: 5037)")
+
+    def target(p: argparse.ArgumentParser, *, precisions: Sequence[str] = ("fp32",)) -> None:
+        p.add_argument("portfolio", type=Path, help="an exported portfolio folder")
+        p.add_argument("--serial", help="which device (default: the only one attached)")
+        connection(p)
+        p.add_argument("--workdir", default="/data/local/tmp/lightning-shifter", help="device work folder")
+        p.add_argument("--build-root", type=Path, default=None,
+                       help="folder of the runner builds (default: build/mobile or $SHIFTER_BUILD_DIR)")
+        p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(precisions),
+                       help=f"programs to use (default: {' '.join(precisions)})")
+
+    listing = actions.add_parser("list", help="devices the adb server knows, with their state",
+                                 description="List the devices the adb server knows, with their state.")
+    connection(listing)
+    listing.set_defaults(handler=_run_device_list)
+
+    deploying = actions.add_parser("deploy", help="push the runner and the programs, verified by sha256",
+                                   description="Push the runner built for the device's ABI, its libraries and the "
+                                               "portfolio's programs; files already there with the same sha256 are kept.")
+    target(deploying)
+    deploying.set_defaults(handler=_run_device_deploy)
+
+    benching = actions.add_parser("bench", help="latency, switching and memory of every variant on the device(s)",
+                                  description="Deploy and measure every variant: load, first inference, latency "
+                                              "percentiles, switch vs reload, memory; recorded in the manifest.")
+    target(benching)
+    benching.add_argument("--all", action="store_true", help="every attached device at once")
+    benching.add_argument("--warmup", type=int, default=5, help="inferences before timing (default: 5)")
+    benching.add_argument("--runs", type=_positive_int, default=50, help="timed inferences (default: 50)")
+    benching.add_argument("--reloads", type=_positive_int, default=5, help="loads from storage timed (default: 5)")
+    benching.set_defaults(handler=_run_device_bench)
+
+    switching = actions.add_parser("switch", help="run inference while a latency budget changes; log every switch",
+                                   description="Run inference on the device for --duration seconds while the "
+                                               "LatencyBudget policy picks the variant under a budget schedule.")
+    target(switching)
+    switching.add_argument("--duration", type=_positive_float, default=10.0, help="seconds (default: 10)")
+    switching.add_argument("--budget", type=_budget_points, default=[(0.0, 5.0), (3.0, 0.5), (6.0, 5.0)],
+                           metavar="S:MS,...", help="latency budget over time (default: 0:5,3:0.5,6:5)")
+    switching.add_argument("--session-out", type=Path, default=None,
+                           help="write the session log (JSON) for `lightning-shifter report --session`")
+    switching.set_defaults(handler=_run_device_switch)
+
+
+# ---------------------------------------------------------------------------------------- report
+def _run_report(args: argparse.Namespace) -> int:
+    from lightning_shifter.report import load_session, write_report
+
+    sessions = {}
+    for path in args.session:
+        try:
+            sessions[path.stem] = load_session(path)
+        except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
+            raise CommandError(f"cannot read the session log {path}: {err}") from None
+    with _console().status("writing the report"):
+        try:
+            page = write_report(args.portfolio, args.out, sessions=sessions)
+        except ValueError as err:
+            raise CommandError(str(err)) from None
+    _console().print(f"report: {page}")
+    return 0
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report", help="a self-contained HTML page (and PNGs) of a portfolio and switching sessions",
+        description="Write index.html (images embedded, no scripts: it opens offline) and its PNG figures: "
+                    "accuracy against size, MACs and latency, channels kept per layer, switching timelines.",
+    )
+    parser.add_argument("portfolio", type=Path, help="the portfolio folder")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: <portfolio>/report)")
+    parser.add_argument("--session", type=Path, action="append", default=[], metavar="FILE.json",
+                        help="a switching-session log to plot (repeatable)")
+    parser.set_defaults(handler=_run_report)
+
+
+# ---------------------------------------------------------------------------------------- main
+#: One registration function per subcommand, in pipeline order.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo, _add_fit, _add_compact, _add_export, _add_bench, _add_device, _add_report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-shifter",
         description="Turn one Lightning training run into a portfolio of small, exact, switchable model variants.",
+        epilog="Exit codes: 0 success, 1 failure (the error line says why), 2 bad usage. "
+               "`lightning-shifter COMMAND --help` describes each command.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -94,9 +817,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # exits with 2 on bad usage
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)  # exits with 2 on bad usage
+    if args.command == "fit":
+        args.lightning_args = rest  # LightningCLI parses them (and exits 2 on bad usage)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except Exception as err:
         if not isinstance(err, _user_errors()):
             raise
@@ -104,13 +835,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+# module -> exceptions of it that explain themselves (checked only once the module is imported)
+_USER_ERRORS = {
+    "lightning.fabric.utilities.exceptions": ("MisconfigurationException",),
+    "lightning_shifter.portfolio": ("PortfolioError",),
+    "lightning_shifter.compaction": ("CompactionError",),
+    "lightning_shifter.export": ("ExportError",),
+    "lightning_shifter.runtime": ("SwitchError",),
+    "lightning_shifter.device.transport": ("DeviceError",),
+    "lightning_shifter.device.runner": ("RunnerError",),
+}
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that explain themselves: shown as one line instead of a traceback."""
-    if "lightning" not in sys.modules:  # nothing imported Lightning, so it raised nothing
-        return (CommandError,)
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    return (CommandError, MisconfigurationException)
+    found: list[type[Exception]] = [CommandError]
+    for module, names in _USER_ERRORS.items():
+        if module in sys.modules:  # a module never imported raised nothing
+            found += [getattr(sys.modules[module], name) for name in names]
+    return tuple(found)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""The demo: a small residual CNN on scikit-learn's bundled digits, trained with IMP.
+"""The demo: a small residual CNN on scikit-learn's bundled digits, trained with IMP and compacted.
 
 Everything here is what a user would write anyway: a DataModule, a plain LightningModule and a
-Trainer with callbacks. Tests and later pipeline stages reuse :class:`DigitsDataModule` and
-:class:`DigitsResNet`; :func:`build_callbacks` is the one place where the demo's callbacks are
-assembled, so later stages (compaction, export) add theirs there.
+Trainer with the shifter callbacks. Tests and later pipeline stages reuse :class:`DigitsDataModule`
+and :class:`DigitsResNet`; :func:`build_callbacks` is the one place where the demo's callbacks are
+assembled. The rest of the demo (export, benchmarks, switching, report) is driven by
+``lightning-shifter demo`` (:mod:`lightning_shifter.cli`) from the functions at the end of this file.
 
 Example::
 
@@ -17,20 +18,31 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator, Sequence
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_shifter.callbacks.compaction import Compaction
+from lightning_shifter.device import Device, DeviceError, RunnerBuild, SwitchReport, find_runner_build
 from lightning_shifter.imp import IterativeMagnitudePruning, RoundRecord
+
+if TYPE_CHECKING:  # executorch's runtime is imported only where a session runs
+    from lightning_shifter.runtime import Option, Switcher
 
 INPUT_SHAPE = (1, 1, 8, 8)
 NUM_CLASSES = 10
@@ -171,11 +183,16 @@ class DigitsResNet(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-def build_callbacks(out_dir: Path, rounds: int, epochs_per_round: int, rewind_step: int) -> list[Callback]:
-    """The demo's callbacks, in one place: later pipeline stages append theirs here."""
+def build_callbacks(out_dir: Path, rounds: int, epochs_per_round: int, rewind_step: int,
+                    prune_fraction: float = 0.2) -> list[Callback]:
+    """The demo's callbacks, in one place: IMP, exact compaction of every round into
+    ``out_dir/portfolio``, and a resumable checkpoint."""
     return [
-        IterativeMagnitudePruning(rounds=rounds, epochs_per_round=epochs_per_round, rewind_step=rewind_step),
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0),
+        IterativeMagnitudePruning(rounds=rounds, epochs_per_round=epochs_per_round, rewind_step=rewind_step,
+                                  prune_fraction=prune_fraction),
+        Compaction(out_dir / "portfolio", example_input_shape=INPUT_SHAPE),
+        # save_top_k=1 (the default) writes every epoch, so last.ckpt exists to resume from after a kill
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True),
     ]
 
 
@@ -187,14 +204,20 @@ def run_demo(
     seed: int = 0,
     extra_callbacks: Sequence[Callback] = (),
     progress_bar: bool = True,
+    width: int = 16,
+    prune_fraction: float = 0.2,
 ) -> list[RoundRecord]:
-    """Train ``DigitsResNet`` on digits with IMP, print the per-round table, return the records.
+    """Train ``DigitsResNet`` on digits with IMP, compact every round, print the per-round table.
 
-    Writes the CSV logs, ``imp_rounds.json`` and a resumable ``checkpoints/last.ckpt`` under ``out_dir``.
+    Writes the portfolio (``portfolio/``: ``manifest.json`` and a ``model.pt2`` per round), the CSV
+    logs, ``imp_rounds.json`` and a resumable ``checkpoints/last.ckpt`` under ``out_dir``; returns
+    the IMP round records.
     """
     out_dir = Path(out_dir)
     pl.seed_everything(seed, verbose=False)
-    callbacks = [*build_callbacks(out_dir, rounds, epochs_per_round, rewind_step), *extra_callbacks]
+    callbacks = [*build_callbacks(out_dir, rounds, epochs_per_round, rewind_step, prune_fraction), *extra_callbacks]
+    if progress_bar:
+        callbacks.append(RichProgressBar())
     imp = next(c for c in callbacks if isinstance(c, IterativeMagnitudePruning))
     trainer = pl.Trainer(
         max_epochs=imp.epochs_needed,
@@ -208,5 +231,130 @@ def run_demo(
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    trainer.fit(DigitsResNet(schedule_epochs=epochs_per_round), datamodule=DigitsDataModule(seed=seed))
+    model = DigitsResNet(width=width, schedule_epochs=epochs_per_round)
+    trainer.fit(model, datamodule=DigitsDataModule(seed=seed))
     return imp.records
+
+
+# ---------------------------------------------------------------------------------------- after training
+BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "mobile" / "build.sh"
+
+
+def prepare_runner(device: Device, build_script: Path | None = None) -> RunnerBuild:
+    """The native runner built for ``device`` (this machine), brought up to date with
+    ``mobile/build.sh host`` (``build_script``, default :data:`BUILD_SCRIPT`).
+
+    Where the package is not a source checkout (no build script), an existing build is looked up
+    (``$SHIFTER_BUILD_DIR``). Raises :class:`~lightning_shifter.device.DeviceError` saying why the
+    runner is unavailable and what to install.
+    """
+    build_script = build_script or BUILD_SCRIPT
+    if not build_script.is_file():
+        return find_runner_build(device.abi)
+    try:
+        result = subprocess.run([str(build_script), "host"], capture_output=True, text=True, timeout=1800,
+                                env={**os.environ, "PYTHON": sys.executable}, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise DeviceError(f"could not run {build_script}: {err}") from None
+    if result.returncode != 0:
+        raise DeviceError(
+            f"the native runner could not be built ({build_script} host exited with {result.returncode}): "
+            f"{_build_failure(result.stderr)}. It needs CMake >= 3.28 (pip install cmake), Debian's "
+            "nlohmann-json3-dev and a C++17 compiler (apt-get install -y nlohmann-json3-dev g++); "
+            f"install what is missing and run `{build_script} host`"
+        )
+    return RunnerBuild.from_executable(device.abi, result.stdout.strip().splitlines()[-1])
+
+
+def _build_failure(stderr: str) -> str:
+    """The lines of a failed build log that say what went wrong."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for marker in ("build.sh:", "CMake Error", "error:", "FAILED"):
+        found = [i for i, line in enumerate(lines) if marker in line]
+        if found:
+            return " ".join(lines[found[0]:found[0] + 3])[:600]
+    return " ".join(lines[-3:])[:600] or "no output"
+
+
+def budget_schedule(options: Sequence[Option], duration_s: float) -> list[tuple[float, float]]:
+    """A latency budget that drops and rises again, scaled to the programs' measured latencies.
+
+    Four equal phases: generous (every program fits, the most accurate runs), just below the most
+    accurate program's latency (a faster one takes over), below every program (the policy falls
+    back to the fastest), generous again.
+
+    Example::
+
+        >>> from lightning_shifter.runtime import Option
+        >>> options = [Option("dense", "fp32", 0.99, 4.0, None), Option("small", "int8", 0.95, 1.0, None)]
+        >>> budget_schedule(options, duration_s=8.0)
+        [(0.0, 8.0), (2.0, 3.96), (4.0, 0.5), (6.0, 8.0)]
+    """
+    if not options:
+        raise ValueError("no programs to scale the budget to: export and measure the portfolio first")
+    latencies = [o.latency_ms for o in options]
+    best = max(options, key=lambda o: (-math.inf if o.accuracy is None else o.accuracy, -o.latency_ms))
+    generous, quarter = 2 * max(latencies), duration_s / 4
+    return [(0.0, generous), (quarter, 0.99 * best.latency_ms), (2 * quarter, 0.5 * min(latencies)),
+            (3 * quarter, generous)]
+
+
+def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float = 0.01,
+                        on_step: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
+    """Run one inference every ``interval_s`` for ``duration_s``, letting ``switcher``'s policy pick
+    the program from its signals before each; return the events in the report's session format.
+
+    Each event: ``t`` (s since the start), ``variant``, ``precision``, ``latency_ms`` and
+    ``budget_ms`` (``conditions["latency_budget_ms"]``); events where the switcher switched also
+    carry the policy's ``reason`` and the measured ``switch_us``.
+    """
+    for signal in switcher.signals:
+        if hasattr(signal, "start"):
+            signal.start()  # schedules count from the start of the session
+    example = torch.randn(switcher.portfolio.input_shape, generator=torch.Generator().manual_seed(0))
+    events: list[dict[str, Any]] = []
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < duration_s:
+        conditions = switcher.conditions()
+        before = switcher.active
+        switcher.select(**conditions)
+        result = switcher.run(example)
+        event: dict[str, Any] = {"t": elapsed, "variant": result.name, "precision": result.precision,
+                                 "latency_ms": result.latency_ms, "budget_ms": conditions.get("latency_budget_ms")}
+        if switcher.active != before:
+            switch = switcher.history[-1]
+            event.update(reason=switch.reason, switch_us=switch.overhead_ms * 1e3)
+        events.append(event)
+        if on_step is not None:
+            on_step(elapsed)
+        time.sleep(max(0.0, start + len(events) * interval_s - time.monotonic()))
+    return events
+
+
+def device_session_events(report: SwitchReport) -> list[dict[str, Any]]:
+    """A device :class:`~lightning_shifter.device.SwitchReport` in the report's session format: the
+    initial choice, one event per switch (with ``switch_us``), and one marking the end of the session."""
+    events = [{"t": s.time_s, "variant": s.name, "precision": s.precision, "reason": s.reason,
+               "budget_ms": s.conditions.get("latency_budget_ms")} for s in report.switches]
+    for event, switch in zip(events, report.switches):
+        if switch.previous is not None:  # the first is the initial choice, not a switch
+            event["switch_us"] = switch.switch_us
+    if events:
+        last = events[-1]
+        events.append({"t": report.duration_s, "variant": last["variant"], "precision": last["precision"],
+                       "budget_ms": last["budget_ms"]})
+    return events
+
+
+def switching_summary(events: Sequence[dict[str, Any]], load_ms: Sequence[float], inferences: int) -> dict[str, Any]:
+    """Switch count and overheads of a session, against loading a program from storage (``load_ms``)."""
+    overheads = sorted(float(e["switch_us"]) for e in events if e.get("switch_us") is not None)
+    summary: dict[str, Any] = {"inferences": inferences, "switches": len(overheads),
+                               "programs": sorted({f"{e['variant']}/{e.get('precision', 'fp32')}" for e in events})}
+    if overheads:
+        summary.update(switch_us_median=statistics.median(overheads), switch_us_max=overheads[-1])
+    if load_ms:
+        summary["load_ms_median"] = statistics.median(load_ms)
+        if overheads:
+            summary["speedup_vs_load"] = summary["load_ms_median"] * 1e3 / max(summary["switch_us_median"], 1e-3)
+    return summary

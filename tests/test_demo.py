@@ -1,0 +1,147 @@
+"""``lightning-shifter demo`` at a small size: portfolio, programs, native runner, switching, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+
+import pytest
+
+from lightning_shifter import demo
+from lightning_shifter.cli import main
+from lightning_shifter.device import DeviceSwitch, LocalDevice, SwitchReport
+from lightning_shifter.portfolio import Portfolio
+from lightning_shifter.report import load_session
+from lightning_shifter.runtime import Option
+
+SMALL = ["--rounds", "2", "--width", "4", "--epochs-per-round", "1", "--rewind-step", "5", "--session-seconds", "2",
+         "--runner-runs", "5", "--no-progress"]
+
+
+def _pick(options: list[Option], key) -> tuple[str, str]:
+    best = max(options, key=key)
+    return best.name, best.precision
+
+
+@pytest.mark.slow
+def test_small_demo_makes_every_artefact(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+
+    portfolio = Portfolio.open(out / "portfolio")  # every listed file verified by sha256
+    assert portfolio.names == ["round-00", "round-01", "round-02"]
+    for v in portfolio.variants:
+        assert {"pt2", "fp32", "int8"} <= set(v.files)
+        assert (out / "portfolio" / v.name / "model.pte").stat().st_size > 1000
+        assert v.metrics["val_acc_compacted"] == v.metrics["val_acc_sparse"]
+        assert "val_acc_int8" in v.metrics and v.exactness_error <= 1e-5
+        assert v.host["fp32"]["p50_ms"] > 0 and v.host["int8"]["p50_ms"] > 0
+        assert v.devices["host-native"]["fp32"]["p50_ms"] > 0  # the native runner, through LocalDevice
+        assert v.devices["host-native"]["int8"]["p50_ms"] > 0
+    assert [round(v.density, 2) for v in portfolio.variants] == [1.0, 0.7, 0.49]
+
+    # the host session followed the budget: most accurate while generous, fastest while below everything
+    host = load_session(out / "sessions" / "host-executorch-switcher.json")
+    options = [Option(v.name, p, v.metrics[f"val_acc_{p}"], v.host[p]["p50_ms"], None)
+               for v in portfolio.variants for p in ("fp32", "int8")]
+    most_accurate = _pick(options, lambda o: (o.accuracy, -o.latency_ms))
+    fastest = _pick(options, lambda o: (-o.latency_ms, o.accuracy))
+    phase = {0: [], 2: []}
+    for event in host:
+        quarter = int(event["t"] // 0.5)
+        if quarter in phase and 0.02 < event["t"] % 0.5 < 0.48:  # clear of the budget's changes
+            phase[quarter].append((event["variant"], event["precision"]))
+    assert set(phase[0]) == {most_accurate} and set(phase[2]) == {fastest}
+    budgets = [e["budget_ms"] for e in host]
+    assert budgets[0] > min(budgets) and budgets[-1] == budgets[0]  # drops, then rises again
+    switches = [e for e in host if "switch_us" in e]
+    assert len(switches) == (2 if most_accurate != fastest else 0)
+    assert all(e["switch_us"] < 1000 and e["reason"] for e in switches)
+    native = load_session(out / "sessions" / "native-runner-host-native.json")
+    assert native[0]["variant"] and native[-1]["t"] >= 2.0
+
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["native_runner"] == "ok"
+    assert summary["switching"]["host ExecuTorch Switcher"]["inferences"] == len(host)
+    page = out / "report" / "index.html"
+    html = page.read_text()
+    assert html.count("data:image/png;base64") == 4  # trade-off, per-layer, two switching sessions
+    assert "round-02" in html
+    assert "Portfolio" in printed and "Switching under a latency budget" in printed and "runner fp32 ms" in printed
+    assert printed.rstrip().endswith(f"report: {page}")
+
+
+def _failing_build(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text("#!/bin/sh\necho \"build.sh: CMake >= 3.28 is needed; install it with 'pip install cmake'\" >&2\n"
+                      "exit 1\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def test_demo_without_a_runner_says_why_and_still_finishes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "BUILD_SCRIPT", _failing_build(tmp_path))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--rounds", "1", "--width", "4", "--epochs-per-round", "1",
+                 "--rewind-step", "5", "--precisions", "fp32", "--session-seconds", "0.5", "--no-progress"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "native runner skipped" in printed and "CMake >= 3.28 is needed" in printed
+    assert "nlohmann-json3-dev" in printed  # what to install
+    assert json.loads((out / "demo_summary.json").read_text())["native_runner"].startswith("the native runner could")
+    assert (out / "report" / "index.html").is_file()
+    assert all("int8" not in v.files and not v.devices for v in Portfolio.open(out / "portfolio").variants)
+
+
+def test_demo_that_requires_the_runner_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "BUILD_SCRIPT", _failing_build(tmp_path))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--runner", "require", "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: the native runner could not be built") and "pip install cmake" in error
+    assert not (out / "portfolio").exists()
+
+
+def test_prepare_runner_finds_an_existing_build_outside_a_checkout(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "BUILD_SCRIPT", tmp_path / "not-a-checkout" / "build.sh")
+    monkeypatch.setenv("SHIFTER_BUILD_DIR", str(tmp_path / "builds"))
+    with pytest.raises(demo.DeviceError, match="build it with `mobile/build.sh host`"):
+        demo.prepare_runner(LocalDevice(tmp_path / "device"))
+
+
+def test_budget_schedule_drops_below_every_program_and_rises_again():
+    options = [Option("a", "fp32", 0.99, 4.0, None), Option("b", "fp32", 0.97, 1.0, None),
+               Option("c", "int8", None, 2.0, None)]
+    points = demo.budget_schedule(options, duration_s=8.0)
+    assert [t for t, _ in points] == [0.0, 2.0, 4.0, 6.0]
+    generous, below_best, below_all, again = (budget for _, budget in points)
+    assert generous >= 4.0 and again == generous
+    assert 2.0 < below_best < 4.0  # "a" (the most accurate) no longer fits, "b" and "c" do
+    assert below_all < 1.0
+    with pytest.raises(ValueError, match="export and measure"):
+        demo.budget_schedule([], 1.0)
+
+
+def test_device_session_events_and_summary():
+    report = SwitchReport("phone", duration_s=3.0, inferences=120)
+    report.switches = [
+        DeviceSwitch(0.0, None, "round-00", "fp32", "initial", 5.0, {"latency_budget_ms": 2.0}),
+        DeviceSwitch(1.0, ("round-00", "fp32"), "round-03", "int8", "budget", 0.5, {"latency_budget_ms": 0.1}),
+    ]
+    events = demo.device_session_events(report)
+    assert events == [
+        {"t": 0.0, "variant": "round-00", "precision": "fp32", "reason": "initial", "budget_ms": 2.0},
+        {"t": 1.0, "variant": "round-03", "precision": "int8", "reason": "budget", "budget_ms": 0.1, "switch_us": 0.5},
+        {"t": 3.0, "variant": "round-03", "precision": "int8", "budget_ms": 0.1},
+    ]
+    summary = demo.switching_summary(events, load_ms=[2.0, 4.0], inferences=report.inferences)
+    assert summary["switches"] == 1 and summary["switch_us_median"] == 0.5 and summary["inferences"] == 120
+    assert math.isclose(summary["speedup_vs_load"], 3.0 * 1e3 / 0.5)
+    assert demo.switching_summary([], [], 0) == {"inferences": 0, "switches": 0, "programs": []}
+
+
+def test_build_failure_keeps_the_lines_that_say_why():
+    log = "-- Configuring\nCMake Error at CMakeLists.txt:34 (message):\n  nlohmann/json not found. Install it\n\n-- done\n"
+    assert demo._build_failure(log).startswith("CMake Error at CMakeLists.txt:34 (message): nlohmann/json not found")
+    assert demo._build_failure("") == "no output"
