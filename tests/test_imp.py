@@ -364,7 +364,7 @@ def test_demo_command(tmp_path, capsys):
 
     out = tmp_path / "demo"
     args = ["demo", "--rounds", "1", "--epochs-per-round", "1", "--rewind-step", "5", "--no-progress",
-            "--width", "4", "--precisions", "fp32", "--runner", "skip", "--session-seconds", "0.5"]
+            "--width", "8", "--precisions", "fp32", "--runner", "skip", "--session-seconds", "0.5"]
     assert main([*args, "--out", str(out)]) == 0
     summary = json.loads(next(out.rglob("imp_rounds.json")).read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
