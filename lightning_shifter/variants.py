@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_shifter import masks
-from lightning_shifter.compaction import compact
+from lightning_shifter.compaction import compact, materialized_copy
 from lightning_shifter.portfolio import Portfolio, PortfolioError, Variant, validate_variant_name
 
 Unpack = Callable[[Any], tuple[Tensor, Tensor]]
@@ -135,7 +134,8 @@ def add_variant(
         )
 
     measured = {key: float(value) for key, value in (metrics or {}).items()}
-    sparse = copy.deepcopy(model).cpu().eval()
+    # pruning hooks / parametrizations made permanent: plain deepcopy refuses their derived tensors
+    sparse = materialized_copy(model).cpu().eval()
     if density is None:
         density = model_density(sparse)
     if val_data is not None:

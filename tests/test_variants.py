@@ -200,3 +200,17 @@ def test_variant_names() -> None:
 def test_module_docstring_example_runs() -> None:
     failures, tried = doctest.testmod(variants_module, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+def test_a_model_with_pruning_hooks_is_saved_and_keeps_its_hooks(portfolio: Portfolio) -> None:
+    from torch.nn.utils import prune
+
+    model = sparse_net(2)
+    prune.l1_unstructured(model[5], "weight", amount=0.9)  # torch.nn.utils.prune: weight = weight_orig * mask
+    x = torch.randn(SHAPE)
+    expected = model.eval()(x)
+    variant = add_variant(portfolio, model, x, name="hooked", round=1)
+    assert variant.density < model_density(sparse_net(2))  # the hook's mask counts as pruned weights
+    assert prune.is_pruned(model)  # the caller's model keeps its hooks
+    restored = Portfolio.open(portfolio.root).load_module("hooked")
+    torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=0)

@@ -1,0 +1,287 @@
+"""Exact compaction: turn a sparse model into a smaller dense one that computes the same function.
+
+``compact(model, example_inputs)`` traces an eval-mode copy of ``model`` with torch.fx, interprets
+it channel by channel (:mod:`.graph`), decides which channel sets can go without changing the
+function (:mod:`.removal`), slices the copy's parameters (:mod:`.rewrite`) and checks the result
+against the model on the example, on a random input of the same shapes and on ``check_inputs``
+(:mod:`.verify`). A compacted model that differs by more than
+``tolerance * max(1, max|model(x)|)`` is never returned: :class:`CompactionError` names the first
+diverging layer instead.
+
+Speed: the copy is structural (new module objects sharing the input's tensors, which the rewrite
+replaces by sliced copies; whatever is still shared at the end is cloned), the model runs twice
+before and twice after (example and random input; a third time each for ``check_inputs``), and MACs
+are computed from the recorded shapes rather than under a flop counter. :mod:`.original` restates
+the original DNNShifter rule for comparison (``bench/compaction.py`` measures both).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+    ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    >>> with torch.no_grad():  # three dead filters, batch-norm affine masked as IMP does
+    ...     for module in (model[0], model[1]):
+    ...         module.weight[:3] = 0
+    ...         module.bias[:3] = 0
+    >>> result = compact(model, torch.randn(1, 3, 16, 16))
+    >>> result.module.get_submodule("0").out_channels, result.report.removed()["zero"]
+    (5, 3)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.utils import parametrize, prune
+
+from lightning_shifter.compaction.graph import ChannelGraph, analyse
+from lightning_shifter.compaction.removal import Removal, decide
+from lightning_shifter.compaction.report import (
+    CompactionReport,
+    LayerReport,
+    count_macs,
+    count_params,
+    layer_macs,
+    layer_reports,
+    merge_layers,
+)
+from lightning_shifter.compaction.rewrite import rewrite
+from lightning_shifter.compaction.verify import error, first_divergence, leaves, random_like
+
+__all__ = [
+    "CompactionError", "CompactionReport", "CompactionResult", "LayerReport", "compact", "count_macs",
+    "materialized_copy",
+]
+
+RANDOM_CHECKS = 1  # random inputs verified besides the example and ``check_inputs``
+
+
+class CompactionError(Exception):
+    """The model cannot be compacted as asked: untraceable, wrong inputs, or a failed check."""
+
+
+@dataclass
+class CompactionResult:
+    module: nn.Module
+    report: CompactionReport
+
+
+def _as_inputs(value: Any, name: str) -> tuple[Tensor, ...]:
+    inputs = value if isinstance(value, tuple) else (value,)
+    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
+        raise CompactionError(
+            f"{name} must be a tensor or a tuple of tensors (the model's positional inputs), "
+            f"got {type(value).__name__}"
+        )
+    return tuple(x.detach() for x in inputs)
+
+
+def _has_derived_tensors(module: nn.Module) -> bool:
+    """Whether a module may recompute tensors from others at each call, as pruning hooks, weight-norm
+    (forward pre-hooks) and parametrizations do: such a module is deep-copied and made permanent."""
+    return bool(module._forward_pre_hooks) or "parametrizations" in module._modules
+
+
+def materialized_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of a module with ``torch.nn.utils.prune`` hooks and parametrizations made permanent."""
+    # tensors computed by pruning hooks or weight-norm are not leaves and refuse deepcopy;
+    # they are recomputed from their originals below, so a detached copy stands in for them
+    memo = {
+        id(value): value.detach().clone()
+        for inner in module.modules()
+        for value in vars(inner).values()
+        if isinstance(value, Tensor) and not value.is_leaf
+    }
+    private = copy.deepcopy(module, memo)
+    for inner in private.modules():
+        for hook in list(inner._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(inner, hook._tensor_name)
+        if parametrize.is_parametrized(inner):
+            for name in list(inner.parametrizations):
+                parametrize.remove_parametrizations(inner, name, leave_parametrized=True)
+    return private
+
+
+def _structural_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    """A copy of the module tree that shares the input's tensors (the rewrite only replaces them)."""
+    if id(module) not in memo:
+        if _has_derived_tensors(module):
+            memo[id(module)] = materialized_copy(module)
+        else:
+            clone = object.__new__(type(module))  # not type's __new__: GraphModule makes a new class there
+            # own containers (parameters, buffers, hooks, ...), so that changing the copy never
+            # reaches the input
+            clone.__dict__ = {
+                key: value.copy() if isinstance(value, (dict, list, set)) else value
+                for key, value in vars(module).items()
+            }
+            memo[id(module)] = clone
+            for name, child in module._modules.items():
+                clone._modules[name] = None if child is None else _structural_copy(child, memo)
+    return memo[id(module)]
+
+
+def _working_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` to trace and rewrite; it shares the input's tensors."""
+    return _structural_copy(model, {}).eval()
+
+
+def _own_tensors(result: nn.Module, model: nn.Module) -> None:
+    """Give ``result`` its own copy of every tensor it still shares with ``model``."""
+    shared = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    shared |= {id(v) for m in model.modules() for v in vars(m).values() if isinstance(v, Tensor)}
+    copies: dict[int, Tensor] = {}  # tied tensors stay tied
+    for module in result.modules():
+        for store in (module._parameters, module._buffers, vars(module)):
+            for name, value in store.items():
+                if id(value) in shared and isinstance(value, Tensor):
+                    if id(value) not in copies:
+                        data = value.detach().clone()
+                        is_parameter = isinstance(value, nn.Parameter)
+                        copies[id(value)] = nn.Parameter(data, value.requires_grad) if is_parameter else data
+                    store[name] = copies[id(value)]
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ...
+        raise CompactionError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
+            "Compaction needs a graph of the model: remove Python control flow that depends on "
+            "tensor values (if/for over tensor contents) from forward()."
+        ) from exc
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.meta: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.meta[n] = result.shape if isinstance(result, Tensor) else result
+        return result
+
+
+def _record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> tuple[dict[fx.Node, Any], Any]:
+    """Each node's result shape (or non-tensor value) on the example, and the output."""
+    recorder = _ShapeRecorder(gm)
+    output = _run(recorder.run, inputs, "example_inputs")
+    return recorder.meta, output
+
+
+def _run(fn: Any, inputs: tuple[Tensor, ...], what: str) -> Any:
+    try:
+        with torch.no_grad():
+            return fn(*inputs)
+    except Exception as exc:
+        shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in inputs)
+        message = str(exc).split("\n\n")[0]  # fx appends its own traceback after a blank line
+        raise CompactionError(
+            f"the model fails on {what} ({shapes}): {type(exc).__name__}: {message}. "
+            "Pass inputs of the shape and dtype the model expects, e.g. one batch from its dataloader."
+        ) from exc
+
+
+def compact(
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    check_inputs: Tensor | tuple[Tensor, ...] | None = None,
+    tolerance: float = 1e-5,
+) -> CompactionResult:
+    """Return a smaller model computing the same function as ``model`` in eval mode, and a report.
+
+    The result is exact for inputs of the shapes of ``example_inputs`` (the shapes a portfolio is
+    exported for). It may differ at other spatial sizes: a kernel tap that only ever meets zero
+    padding at this size (a 3x3 convolution of a 1x1 map reads its centre only) counts as absent.
+
+    Args:
+        model: any ``nn.Module`` that torch.fx can trace; it is never modified.
+        example_inputs: the model's positional inputs (their shapes define the check).
+        check_inputs: a real batch to verify on as well, e.g. from the validation set.
+        tolerance: allowed ``max|compacted(x) - model(x)|`` relative to ``max(1, max|model(x)|)``.
+
+    Raises:
+        CompactionError: untraceable model, inputs the model rejects, or a compacted model
+            that does not match (naming the first diverging layer).
+    """
+    started = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise CompactionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not tolerance > 0:
+        raise CompactionError(f"tolerance must be positive, got {tolerance}")
+    inputs = _as_inputs(example_inputs, "example_inputs")
+    checks = [inputs] + [random_like(inputs, seed) for seed in range(RANDOM_CHECKS)]
+    if check_inputs is not None:
+        checks.append(_as_inputs(check_inputs, "check_inputs"))
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - since
+        return now
+
+    mark = time.perf_counter()
+    gm = _trace(_working_copy(model))
+    mark = lap("copy_and_trace", mark)
+    params_before = count_params(gm)
+    meta, output = _record(gm, inputs)
+    references = [leaves(output)] + [leaves(_run(gm, x, "the verification inputs")) for x in checks[1:]]
+    mark = lap("reference", mark)
+
+    # A grouped convolution left with one group is a plain one, whose channels can go one by one:
+    # then analyse again, so that compacting the result would remove nothing more.
+    passes: list[tuple[ChannelGraph, Removal]] = []
+    while True:
+        graph = analyse(gm, meta)
+        if not passes:
+            # convolutions and linear layers are the only ops with MACs that the analysis
+            # understands; anything else is counted by running the model under a flop counter
+            macs_before = layer_macs(graph, meta) if not graph.unsupported else count_macs(gm, inputs)
+        removal = decide(graph)
+        mark = lap("analysis", mark)
+        ungrouped = [layer for layer in graph.layers if layer.groups > 1]
+        rewrite(gm, graph, removal)
+        passes.append((graph, removal))
+        mark = lap("rewrite", mark)
+        if not any(layer.module.groups == 1 for layer in ungrouped):
+            break
+        meta, _ = _record(gm, inputs)
+
+    worst = 0.0
+    for x, reference in zip(checks, references):
+        err, scale = error(reference, leaves(_run(gm, x, "the verification inputs after compaction")))
+        worst = max(worst, err)
+        if not err <= tolerance * scale:
+            where = first_divergence(_trace(_working_copy(model)), gm, passes, x, tolerance)
+            raise CompactionError(
+                f"the compacted model differs from the original by {err:.3g} "
+                f"(allowed {tolerance * scale:.3g}); first divergence: {where}. This is a bug in "
+                "compaction for this architecture: please report it with the model definition."
+            )
+    mark = lap("verify", mark)
+    macs_after = layer_macs(graph, meta) if not graph.unsupported else count_macs(gm, inputs)
+    _own_tensors(gm, model)
+    report = CompactionReport(
+        layers=merge_layers([layer_reports(g, r) for g, r in passes]),
+        params_before=params_before,
+        params_after=count_params(gm),
+        macs_before=macs_before,
+        macs_after=macs_after,
+        seconds=0.0,
+        max_abs_error=worst,
+        unsupported=passes[0][0].unsupported,
+        iterations=sum(r.iterations for _, r in passes),
+        timings=timings,
+    )
+    lap("report", mark)
+    report.seconds = time.perf_counter() - started
+    return CompactionResult(gm, report)
