@@ -237,10 +237,12 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
     from lightning_shifter.portfolio import Portfolio
     from lightning_shifter.runtime import LatencyBudget, ScheduleSignal, Switcher, load_method
 
-    switcher = Switcher(portfolio_dir, args.precisions, policy=LatencyBudget(), measure=None)
+    portfolio = Portfolio.open(portfolio_dir, verify=False)
+    # switch along the Pareto front: variants that differ in size, not only in training noise
+    front = [v.name for v in portfolio.pareto_front()]
+    switcher = Switcher(portfolio_dir, args.precisions, variants=front, policy=LatencyBudget(), measure=None)
     schedule = demo.budget_schedule(switcher.options(), args.session_seconds)
     switcher.signals.append(ScheduleSignal("latency_budget_ms", schedule))
-    portfolio = Portfolio.open(portfolio_dir, verify=False)
     load_ms = [load_method(portfolio.file_path(o.name, o.precision))[1] for o in switcher.options()]
 
     sessions, summaries = {}, {}
@@ -258,7 +260,7 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
         with console.status(f"switching session on the native runner ({device.id})"):
             report = switch_session(device, portfolio_dir, LatencyBudget(),
                                     [ScheduleSignal("latency_budget_ms", schedule)],
-                                    duration_s=args.session_seconds, precisions=args.precisions)
+                                    duration_s=args.session_seconds, precisions=args.precisions, variants=front)
         events = demo.device_session_events(report)
         reload_ms = [v[p]["reload_ms"] for v in (variant.devices.get(device.id, {})
                                                   for variant in Portfolio.open(portfolio_dir, verify=False).variants)

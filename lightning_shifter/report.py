@@ -156,10 +156,7 @@ def _plot_session(events: Sequence[Mapping[str, Any]], title: str, path: Path) -
     import matplotlib.pyplot as plt
 
     times = [float(e["t"]) for e in events]
-    order: list[str] = []
-    for e in events:
-        if e["variant"] not in order:
-            order.append(e["variant"])
+    order = sorted({e["variant"] for e in events})
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     latency = [(t, e["latency_ms"]) for t, e in zip(times, events) if e.get("latency_ms") is not None]
     if latency:

@@ -30,6 +30,7 @@ import os
 import statistics
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ def _describe(option: Option) -> str:
     return f"{option.name}/{option.precision} (acc {acc}, {option.latency_ms:.3f} ms{mem})"
 
 
-class Constraint:
+class Constraint(ABC):
     """A limit read from the conditions; options over it are not admitted.
 
     Subclasses set ``key`` (the condition it reads), ``objective`` (what to maximise among admitted
@@ -111,11 +112,11 @@ class Constraint:
     objective: str
     fallback: str
 
-    def admits(self, option: Option, limit: float) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def admits(self, option: Option, limit: float) -> bool: ...
 
-    def describe(self, limit: float) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self, limit: float) -> str: ...
 
     def limit(self, conditions: Mapping[str, float]) -> float | None:
         value = conditions.get(self.key)

@@ -364,6 +364,18 @@ def test_local_device_runs_the_same_harness(tmp_path, portfolio, runner_build):
             session.stats()
 
 
+def test_switch_session_chooses_only_among_the_given_variants(tmp_path, portfolio, runner_build):
+    device = LocalDevice(tmp_path / "local")
+    deployment = deploy(device, portfolio, runner=runner_build)
+    budget = ScheduleSignal("latency_budget_ms", [(0.0, 1000.0)])  # everything fits: the most accurate wins
+    report = switch_session(device, portfolio, LatencyBudget(), [budget], duration_s=0.3, deployment=deployment,
+                            variants=["round-01", "round-02"])
+    assert {s.name for s in report.switches} <= {"round-01", "round-02"} and report.switches
+    with pytest.raises(DeviceError, match=r"variant\(s\) \['nope'\]"):
+        switch_session(device, portfolio, LatencyBudget(), [budget], duration_s=0.1, deployment=deployment,
+                       variants=["nope"])
+
+
 def test_runner_that_cannot_start_reports_why(tmp_path, portfolio, runner_build):
     device = LocalDevice(tmp_path / "local")
     deployment = deploy(device, portfolio, runner=runner_build)

@@ -491,8 +491,11 @@ def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, pol
                    signals: Iterable[Any] = (), duration_s: float = 10.0, precisions: Sequence[str] = ("fp32",),
                    infer_n: int = 1, deployment: Deployment | None = None,
                    on_switch: Callable[[DeviceSwitch], None] | None = None, retries: int = 2,
-                   retry_delay_s: float = 1.0, timeout_s: float = 60.0) -> SwitchReport:
+                   retry_delay_s: float = 1.0, timeout_s: float = 60.0,
+                   variants: Sequence[str] | None = None) -> SwitchReport:
     """Run inference on ``device`` for ``duration_s`` while ``policy`` picks the program.
+
+    ``variants`` limits the choice to those names (default: every variant with a program).
 
     Before each inference the conditions are read from ``signals`` (objects with ``read() -> dict``,
     e.g. :class:`~lightning_shifter.runtime.ScheduleSignal` for a latency budget over time or
@@ -506,6 +509,12 @@ def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, pol
     signals = list(signals)
     deployment = deployment or deploy(device, portfolio, precisions, retries=retries, retry_delay_s=retry_delay_s)
     options = device_options(portfolio, device.id, precisions)
+    if variants is not None:
+        unknown = sorted(set(variants) - {o.name for o in options})
+        if unknown:
+            raise DeviceError(f"no program of {list(precisions)} for variant(s) {unknown} in {portfolio.root}: "
+                              f"choose among {sorted({o.name for o in options})}")
+        options = [o for o in options if o.name in set(variants)]
     report = SwitchReport(device.id)
     clock: list[float] = []  # the session's start, set once the runners are up
 
