@@ -255,11 +255,15 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
     summaries["host ExecuTorch Switcher"] = demo.switching_summary(events, load_ms, inferences=len(events))
 
     if device is not None:
-        from lightning_shifter.device import switch_session
+        from lightning_shifter.device import device_options, switch_session
 
+        # the runner's latencies differ from the host runtime's: scale its budget to what it measured
+        on_device = [o for o in device_options(Portfolio.open(portfolio_dir, verify=False), device.id, args.precisions)
+                     if o.name in front and o.latency_ms is not None]
+        device_schedule = demo.budget_schedule(on_device, args.session_seconds) if on_device else schedule
         with console.status(f"switching session on the native runner ({device.id})"):
             report = switch_session(device, portfolio_dir, LatencyBudget(),
-                                    [ScheduleSignal("latency_budget_ms", schedule)],
+                                    [ScheduleSignal("latency_budget_ms", device_schedule)],
                                     duration_s=args.session_seconds, precisions=args.precisions, variants=front)
         events = demo.device_session_events(report)
         reload_ms = [v[p]["reload_ms"] for v in (variant.devices.get(device.id, {})
