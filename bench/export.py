@@ -1,8 +1,9 @@
 """Export benchmark: ExecuTorch export time per variant and for a whole portfolio, 1 vs 2 workers.
 
 A portfolio of compacted variants is built from one architecture (default torchvision ResNet-18,
-10 classes, 1x3x32x32) at densities 0.8^k with IMP-like masks (:func:`imp_like_masks`: global
-magnitude pruning plus dead filters, batch-norm affine masked), each compacted exactly by
+10 classes, 1x3x32x32) at densities 0.8^k with the IMP-like masks of ``bench/compaction.py``
+(``realistic_masks``: global magnitude with per-layer floors plus dead filters concentrated in the
+wide layers, batch-norm affine masked), each compacted exactly by
 ``add_variant``. Then ``export_portfolio`` lowers every variant to fp32 and int8 twice, side by
 side in one run: in this process (``workers=1``) and in two spawned processes (``workers=2``), and
 a third time with nothing changed (everything skipped by hash).
@@ -30,56 +31,15 @@ import torch
 import torchvision
 from rich.console import Console
 from rich.table import Table
-from torch import fx, nn
 
 from lightning_shifter.compaction import count_macs
 from lightning_shifter.export import export_portfolio
 from lightning_shifter.portfolio import Portfolio, Variant
 from lightning_shifter.variants import add_variant, model_density
 
-SHAPE = (1, 3, 32, 32)
-
-
-def vgg16_bn_cifar() -> nn.Module:
-    model = torchvision.models.vgg16_bn(num_classes=10)
-    model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier = nn.Linear(512, 10)
-    return model
-
+from compaction import SHAPE, realistic_masks, vgg16_bn_cifar  # noqa: E402  (bench/compaction.py)
 
 MODELS = {"resnet18": lambda: torchvision.models.resnet18(num_classes=10), "vgg16_bn": vgg16_bn_cifar}
-
-
-@torch.no_grad()
-def imp_like_masks(model: nn.Module, density: float, seed: int) -> None:
-    """In place: global magnitude pruning of conv and linear weights to ``density``; then each conv
-    loses whole filters with probability ``0.9 * (1 - its density)^2`` (dead filters gather in the
-    layers pruned hardest, as after IMP), their batch-norm affine masked as the IMP callback does;
-    batch-norm statistics drawn as after training."""
-    g = torch.Generator().manual_seed(seed)
-    prunable = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.5, generator=g)
-            m.running_var.uniform_(0.5, 2.0, generator=g)
-            m.weight.uniform_(0.5, 1.5, generator=g)
-            m.bias.normal_(0, 0.2, generator=g)
-    magnitudes = torch.cat([m.weight.abs().flatten() for m in prunable])
-    threshold = magnitudes.kthvalue(max(1, int((1 - density) * magnitudes.numel()))).values
-    for m in prunable:
-        m.weight.mul_(m.weight.abs() > threshold)
-    modules = dict(model.named_modules())
-    for node in fx.symbolic_trace(model).graph.nodes:
-        conv = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
-            continue
-        rows = torch.rand(conv.out_channels, generator=g) < 0.9 * (1 - float((conv.weight != 0).float().mean())) ** 2
-        conv.weight[rows] = 0
-        users = list(node.users)
-        norm = modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
-        if isinstance(norm, nn.BatchNorm2d):
-            norm.weight[rows] = 0
-            norm.bias[rows] = 0
 
 
 def build_portfolios(root: Path, model: str, ks: list[int], sparse: bool = False, seed: int = 0) -> tuple[Path, Path | None]:
@@ -92,7 +52,7 @@ def build_portfolios(root: Path, model: str, ks: list[int], sparse: bool = False
         torch.manual_seed(seed)
         net = MODELS[model]().eval()
         if k:
-            imp_like_masks(net, 0.8**k, seed=seed + k)
+            realistic_masks(net, k, seed=seed + k)
         name = f"k{k:02d}"
         add_variant(compacted, net, example, name=name, round=k)
         if uncompacted is not None:

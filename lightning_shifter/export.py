@@ -362,6 +362,25 @@ def export_portfolio(
         PortfolioError: the portfolio is missing, its manifest is invalid, or a file was tampered with.
         ExportError: the disk is full or the portfolio cannot be written.
         ValueError: bad arguments (caught before any work).
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from lightning_shifter import Portfolio, add_variant, export_portfolio
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> portfolio = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 4))
+        >>> _ = add_variant(portfolio, model, torch.randn(1, 4), name="round-00", round=0)
+        >>> report = export_portfolio(portfolio.root, precisions=("fp32", "int8"),
+        ...                           calibration_data=[torch.randn(8, 4)], runs=5)
+        >>> [(p.name, p.precision, p.status) for p in report.programs]
+        [('round-00', 'fp32', 'exported'), ('round-00', 'int8', 'exported')]
+        >>> variant = Portfolio.open(portfolio.root)["round-00"]
+        >>> sorted(variant.files), sorted(variant.host["fp32"])
+        (['fp32', 'int8', 'pt2'], ['load_ms', 'p50_ms', 'p90_ms', 'portable_ops', 'source_sha256'])
+        >>> [p.status for p in export_portfolio(portfolio.root, precisions=("fp32",)).programs]
+        ['skipped']
     """
     start = time.perf_counter()
     precisions = _check_arguments(precisions, calibration_data, validation_data, workers, fp32_tolerance,

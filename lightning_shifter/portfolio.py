@@ -108,6 +108,20 @@ class Variant:
     and ``macs`` describe the compacted model. ``metrics`` holds accuracies such as
     ``val_acc_sparse``, ``val_acc_compacted`` and ``val_acc_int8``; ``host`` and ``devices`` hold
     latency and memory measurements per precision (``devices`` keyed by device id).
+
+    Example::
+
+        >>> from lightning_shifter.portfolio import Variant
+        >>> v = Variant(name="round-02", round=2, density=0.64, params=1200, macs=45000,
+        ...             metrics={"val_acc_sparse": 0.97, "val_acc_compacted": 0.96})
+        >>> v.accuracy  # the compacted model's, when known
+        0.96
+        >>> Variant.from_json(v.to_json(), "manifest.json: variants[0]") == v
+        True
+        >>> Variant(name="../elsewhere", round=0, density=1.0, params=1, macs=1)
+        Traceback (most recent call last):
+            ...
+        lightning_shifter.portfolio.PortfolioError: invalid variant name '../elsewhere': use 1-64 characters ...
     """
 
     name: str
@@ -178,6 +192,26 @@ class Portfolio:
 
     Single writer: one process at a time updates a portfolio's manifest (parallel exporters write
     their files with :meth:`write_file` and let one process record them).
+
+    Example::
+
+        >>> import tempfile
+        >>> from lightning_shifter.portfolio import Portfolio, Variant
+        >>> p = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 1, 8, 8))
+        >>> for r, (params, acc) in enumerate([(1000, 0.97), (400, 0.96), (300, 0.90), (500, 0.95)]):
+        ...     p.put_variant(Variant(f"round-{r:02d}", round=r, density=0.8 ** r, params=params,
+        ...                           macs=100 * params, metrics={"val_acc_compacted": acc}))
+        >>> p = Portfolio.open(p.root)  # validates the manifest and every listed file
+        >>> p.names, len(p), "round-03" in p
+        (['round-00', 'round-01', 'round-02', 'round-03'], 4, True)
+        >>> [v.name for v in p.pareto_front()]  # round-03 is bigger and less accurate than round-01
+        ['round-00', 'round-01', 'round-02']
+        >>> p["round-01"].accuracy
+        0.96
+        >>> p["round-09"]
+        Traceback (most recent call last):
+            ...
+        lightning_shifter.portfolio.PortfolioError: no variant named 'round-09' in ...; known variants: round-00, ...
     """
 
     def __init__(self, root: str | os.PathLike, input_shape: Sequence[int], input_dtype: str = "float32",

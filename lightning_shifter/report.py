@@ -55,6 +55,25 @@ def write_report(
 
     Returns:
         The path of the HTML page.
+
+    Example::
+
+        >>> import tempfile
+        >>> from lightning_shifter.portfolio import Portfolio, Variant
+        >>> from lightning_shifter.report import write_report
+        >>> portfolio = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 1, 8, 8))
+        >>> for r, (params, acc) in enumerate([(9000, 0.97), (3000, 0.96), (800, 0.91)]):
+        ...     portfolio.put_variant(Variant(f"round-{r:02d}", round=r, density=0.5 ** r, params=params,
+        ...                                   macs=50 * params, metrics={"val_acc_compacted": acc}))
+        >>> session = [{"t": 0.0, "variant": "round-00", "budget_ms": 5.0, "latency_ms": 3.1},
+        ...            {"t": 1.0, "variant": "round-02", "budget_ms": 0.5, "latency_ms": 0.4, "switch_us": 2.5}]
+        >>> page = write_report(portfolio.root, sessions={"budget drops after 1 s": session})
+        >>> page.relative_to(portfolio.root).as_posix()
+        'report/index.html'
+        >>> sorted(path.name for path in page.parent.iterdir())
+        ['index.html', 'session-0.png', 'tradeoff.png']
+        >>> "round-02" in page.read_text()
+        True
     """
     import matplotlib
 

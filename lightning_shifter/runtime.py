@@ -130,7 +130,23 @@ class Constraint(ABC):
 
 
 class LatencyBudget(Constraint):
-    """Most accurate option with ``latency_ms <= conditions[key]``; none fits -> the fastest."""
+    """Most accurate option with ``latency_ms <= conditions[key]``; none fits -> the fastest.
+
+    Example::
+
+        >>> from lightning_shifter.runtime import LatencyBudget, Option
+        >>> options = [Option("round-00", "fp32", 0.98, 4.0, 8.0),  # name, precision, accuracy, ms, MB
+        ...            Option("round-03", "fp32", 0.96, 1.5, 2.0),
+        ...            Option("round-03", "int8", 0.95, 0.6, 0.5)]
+        >>> LatencyBudget().choose(options, {"latency_budget_ms": 2.0})
+        Decision(name='round-03', precision='fp32',
+                 reason='best accuracy within latency budget 2 ms: round-03/fp32 (acc 0.9600, 1.500 ms, 2.00 MB)')
+        >>> LatencyBudget().choose(options, {"latency_budget_ms": 0.1}).reason
+        'latency budget 0.1 ms unmet by every option; best latency instead:
+         round-03/int8 (acc 0.9500, 0.600 ms, 0.50 MB)'
+        >>> LatencyBudget(key="frame_ms").choose(options, {"frame_ms": 5.0}).name  # a condition of your own
+        'round-00'
+    """
 
     objective, fallback = "accuracy", "latency"
 
@@ -145,7 +161,24 @@ class LatencyBudget(Constraint):
 
 
 class MemoryBudget(Constraint):
-    """Most accurate option with ``memory_mb <= conditions[key]``; none fits -> the smallest."""
+    """Most accurate option with ``memory_mb <= conditions[key]``; none fits -> the smallest.
+
+    Example::
+
+        >>> from lightning_shifter.runtime import MemoryBudget, Option
+        >>> options = [Option("round-00", "fp32", 0.98, 4.0, 8.0),  # name, precision, accuracy, ms, MB
+        ...            Option("round-03", "fp32", 0.96, 1.5, 2.0),
+        ...            Option("round-03", "int8", 0.95, 0.6, 0.5)]
+        >>> decision = MemoryBudget().choose(options, {"memory_budget_mb": 4.0})
+        >>> decision.name, decision.precision
+        ('round-03', 'fp32')
+        >>> decision = MemoryBudget().choose(options, {"memory_budget_mb": 0.1})  # nothing fits: the smallest
+        >>> decision.name, decision.precision
+        ('round-03', 'int8')
+        >>> MemoryBudget().choose(options, {}).reason  # no limit given: every option is admitted
+        'best accuracy, no limit in the conditions (memory_budget_mb absent):
+         round-00/fp32 (acc 0.9800, 4.000 ms, 8.00 MB)'
+    """
 
     objective, fallback = "accuracy", "memory"
 
@@ -160,7 +193,24 @@ class MemoryBudget(Constraint):
 
 
 class MinAccuracy(Constraint):
-    """Fastest option with ``accuracy >= conditions[key]``; none reaches it -> the most accurate."""
+    """Fastest option with ``accuracy >= conditions[key]``; none reaches it -> the most accurate.
+
+    Example::
+
+        >>> from lightning_shifter.runtime import MinAccuracy, Option
+        >>> options = [Option("round-00", "fp32", 0.98, 4.0, 8.0),  # name, precision, accuracy, ms, MB
+        ...            Option("round-03", "fp32", 0.96, 1.5, 2.0),
+        ...            Option("round-03", "int8", 0.95, 0.6, 0.5)]
+        >>> decision = MinAccuracy().choose(options, {"min_accuracy": 0.955})
+        >>> decision.name, decision.precision
+        ('round-03', 'fp32')
+        >>> MinAccuracy().choose(options, {"min_accuracy": 0.99}).name  # unreachable: the most accurate
+        'round-00'
+        >>> policy = MinAccuracy() & LatencyBudget()  # accuracy first, then the budget if it can be met too
+        >>> policy.choose(options, {"min_accuracy": 0.97, "latency_budget_ms": 2.0}).reason
+        'best latency within minimum accuracy 0.97: round-00/fp32 (acc 0.9800, 4.000 ms, 8.00 MB);
+         latency budget 2 ms unmet by every option that meets the rest'
+    """
 
     objective, fallback = "latency", "accuracy"
 
@@ -235,7 +285,20 @@ class Signal(Protocol):
 
 
 class CpuLoadSignal:
-    """``cpu_load``: the 1-minute load average per core (1.0 = every core busy); absent where unknown."""
+    """``cpu_load``: the 1-minute load average per core (1.0 = every core busy); absent where unknown.
+
+    Example::
+
+        >>> from lightning_shifter.runtime import CpuLoadSignal, ScheduleSignal
+        >>> reading = CpuLoadSignal().read()
+        >>> set(reading) <= {"cpu_load"} and all(load >= 0 for load in reading.values())
+        True
+        >>> conditions = {}
+        >>> for signal in (CpuLoadSignal(), ScheduleSignal("latency_budget_ms", [(0, 5.0)])):
+        ...     conditions.update(signal.read())  # what Switcher.conditions() does with its signals
+        >>> sorted(conditions)  # where the platform has a load average (Linux, macOS)
+        ['cpu_load', 'latency_budget_ms']
+    """
 
     def read(self) -> dict[str, float]:
         try:
@@ -293,6 +356,23 @@ class PowerThermalSignal:
     ``battery_percent`` (0-100) and ``charging`` (1.0 or 0.0) from the first battery in
     ``<root>/power_supply``; ``thermal_c``: the hottest ``<root>/thermal/thermal_zone*/temp`` in
     degrees Celsius. Unreadable files (permissions, vanished devices) are skipped.
+
+    Example (a sysfs tree of its own, so that the output does not depend on this machine)::
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_shifter.runtime import PowerThermalSignal
+        >>> sysfs = Path(tempfile.mkdtemp())
+        >>> battery = sysfs / "power_supply" / "BAT0"
+        >>> battery.mkdir(parents=True)
+        >>> for name, text in {"type": "Battery", "capacity": "42", "status": "Discharging"}.items():
+        ...     _ = (battery / name).write_text(text + "\\n")
+        >>> (sysfs / "thermal" / "thermal_zone0").mkdir(parents=True)
+        >>> _ = (sysfs / "thermal" / "thermal_zone0" / "temp").write_text("51500\\n")  # millidegrees
+        >>> PowerThermalSignal(sysfs).read()
+        {'battery_percent': 42.0, 'charging': 0.0, 'thermal_c': 51.5}
+        >>> set(PowerThermalSignal().read()) <= {"battery_percent", "charging", "thermal_c"}  # this machine
+        True
     """
 
     def __init__(self, root: str | os.PathLike = "/sys/class") -> None:
@@ -450,10 +530,29 @@ class Switcher:
 
     Example::
 
-        switcher = Switcher("portfolio/", precisions=("fp32", "int8"))
-        switcher.switch("round-05", "int8", reason="user asked")
-        result = switcher.run(torch.randn(1, 1, 8, 8))
-        print(result.name, result.precision, result.outputs[0].shape, result.latency_ms)
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from lightning_shifter import Portfolio, Switcher, add_variant, export_portfolio
+        >>> _ = torch.manual_seed(0)
+        >>> portfolio = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 8))
+        >>> for r, hidden in enumerate((64, 8)):  # a large and a small variant
+        ...     model = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+        ...     _ = add_variant(portfolio, model, torch.randn(1, 8), name=f"round-{r:02d}", round=r,
+        ...                     metrics={"val_acc_compacted": 0.95 - 0.05 * r})
+        >>> _ = export_portfolio(portfolio.root, precisions=("fp32",), runs=5)
+        >>> switcher = Switcher(portfolio.root)  # loads every program, verified by sha256
+        >>> switcher.active  # the most accurate program first
+        ('round-00', 'fp32')
+        >>> event = switcher.switch("round-01", reason="user asked")
+        >>> event.previous, event.name, event.reason
+        (('round-00', 'fp32'), 'round-01', 'user asked')
+        >>> result = switcher.run(torch.randn(1, 8))
+        >>> result.name, result.precision, tuple(result.outputs[0].shape)
+        ('round-01', 'fp32', (1, 3))
+        >>> switcher.select(latency_budget_ms=1000.0).name  # everything fits: the most accurate
+        'round-00'
+        >>> switcher(torch.randn(1, 8)).shape  # the first output of the active program
+        torch.Size([1, 3])
     """
 
     def __init__(self, portfolio_dir: str | os.PathLike, precisions: str | Sequence[str] = ("fp32",), *,

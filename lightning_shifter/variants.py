@@ -123,6 +123,33 @@ def add_variant(
         val_data: re-iterable validation batches (a ``DataLoader`` or a list) to measure the sparse
             and the compacted model's accuracy on.
         unpack: batch -> ``(inputs, targets)``.
+
+    Returns:
+        The :class:`~lightning_shifter.portfolio.Variant` as recorded in the manifest.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from lightning_shifter.portfolio import Portfolio
+        >>> from lightning_shifter.variants import add_variant
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> with torch.no_grad():  # half the hidden neurons pruned
+        ...     model[0].weight[8:] = 0
+        ...     model[0].bias[8:] = 0
+        >>> val_data = [(torch.randn(10, 4), torch.randint(0, 3, (10,))) for _ in range(2)]
+        >>> portfolio = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 4))
+        >>> v = add_variant(portfolio, model, torch.randn(1, 4), name="round-01", round=1,
+        ...                 val_data=val_data, metrics={"epoch": 3})
+        >>> round(v.density, 3), v.params, sorted(v.files)
+        (0.714, 67, ['pt2'])
+        >>> sorted(v.metrics)
+        ['epoch', 'val_acc_compacted', 'val_acc_sparse']
+        >>> v.metrics["val_acc_compacted"] == v.metrics["val_acc_sparse"]  # compaction is exact
+        True
+        >>> portfolio.names
+        ['round-01']
     """
     validate_variant_name(name)
     if not isinstance(round, int) or isinstance(round, bool) or round < 0:

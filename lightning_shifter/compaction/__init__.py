@@ -67,6 +67,31 @@ class CompactionError(Exception):
 
 @dataclass
 class CompactionResult:
+    """What :func:`compact` returns: the compacted ``module`` and the ``report`` of what it removed.
+
+    ``module`` is a ``torch.fx.GraphModule`` in eval mode that owns its tensors (changing it never
+    reaches the input model); ``report`` is a :class:`CompactionReport` (sizes, MACs, channels per
+    layer, the worst error seen while verifying), whose :meth:`~CompactionReport.summary` is what a
+    portfolio manifest records.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> with torch.no_grad():  # 24 of the 32 hidden neurons never fire
+        ...     model[0].weight[8:] = 0
+        ...     model[0].bias[8:] = 0
+        >>> result = compact(model, torch.randn(8, 16))
+        >>> result.module.training, result.report.channels_before, result.report.channels_after
+        (False, 36, 12)
+        >>> result.report.removed()
+        {'zero': 24, 'unused': 0, 'folded': 0}
+        >>> summary = result.report.summary()  # JSON-serialisable
+        >>> summary["params_before"], summary["params_after"]
+        (676, 172)
+    """
+
     module: nn.Module
     report: CompactionReport
 
@@ -212,6 +237,27 @@ def compact(
     Raises:
         CompactionError: untraceable model, inputs the model rejects, or a compacted model
             that does not match (naming the first diverging layer).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        ...                       nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(),
+        ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> with torch.no_grad():  # magnitude pruning left ten filters of the first conv all zero
+        ...     model[0].weight[6:] = 0
+        ...     model[0].bias[6:] = 0
+        >>> x = torch.randn(2, 3, 12, 12)
+        >>> result = compact(model, x[:1], check_inputs=x)
+        >>> result.module.get_submodule("0").out_channels, result.module.get_submodule("2").in_channels
+        (6, 6)
+        >>> result.report.params_after < result.report.params_before
+        True
+        >>> with torch.no_grad():  # the same function, within the tolerance
+        ...     torch.allclose(result.module(x), model.eval()(x), atol=1e-5)
+        True
     """
     started = time.perf_counter()
     if not isinstance(model, nn.Module):

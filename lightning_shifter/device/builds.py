@@ -57,7 +57,26 @@ def default_build_root() -> Path:
 
 
 def find_runner_build(abi: str, build_root: str | os.PathLike | None = None) -> RunnerBuild:
-    """The runner build for a device ABI, with a clear error saying how to build a missing one."""
+    """The runner build for a device ABI, with a clear error saying how to build a missing one.
+
+    Example::
+
+        >>> from lightning_shifter.device import find_runner_build
+        >>> find_runner_build("armeabi-v7a")
+        Traceback (most recent call last):
+            ...
+        lightning_shifter.device.transport.DeviceError: no runner build exists for ABI 'armeabi-v7a':
+        shifter_runner is built for arm64-v8a, x86_64 (32-bit devices are not supported)
+        >>> build = find_runner_build("x86_64")  # doctest: +SKIP
+        >>> build.executable.name, [lib.name for lib in build.libraries]  # doctest: +SKIP
+        ('shifter_runner', ['libexecutorch.so', ...])
+        >>> find_runner_build("arm64-v8a", build_root="no-builds-here")  # nothing built there
+        Traceback (most recent call last):
+            ...
+        lightning_shifter.device.transport.DeviceError: no runner build for ABI arm64-v8a at
+        no-builds-here/android-arm64-v8a/shifter_runner: build it with `mobile/build.sh android`
+        (needs ANDROID_NDK and EXECUTORCH_ANDROID, see mobile/android/README.md)
+    """
     target = BUILD_TARGETS.get(abi)
     if target is None:
         raise DeviceError(

@@ -137,12 +137,41 @@ def _state(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 def read_state(device: Device) -> dict[str, Any]:
     """Temperatures and battery now: ``thermal_c`` (hottest zone), ``thermal_zones_c``,
-    ``battery_percent``, ``charging``, ``battery_temperature_c`` (each only where the device has it)."""
+    ``battery_percent``, ``charging``, ``battery_temperature_c`` (each only where the device has it).
+
+    Example::
+
+        >>> import tempfile
+        >>> from lightning_shifter.device import AdbDevice, LocalDevice, read_state
+        >>> state = read_state(LocalDevice(tempfile.mkdtemp()))
+        >>> isinstance(state["thermal_zones_c"], dict)  # zone name -> degrees Celsius, maybe empty
+        True
+        >>> set(state) <= {"thermal_zones_c", "thermal_c", "battery_percent", "charging", "battery_temperature_c"}
+        True
+        >>> read_state(AdbDevice())  # doctest: +SKIP
+        {'thermal_zones_c': {'cpu-0-0': 38.2, ...}, 'thermal_c': 41.0, 'battery_percent': 87.0, 'charging': 1.0,
+         'battery_temperature_c': 29.5}
+    """
     return _state(_run_script(device, _STATE_SCRIPT))
 
 
 def collect_facts(device: Device) -> dict[str, Any]:
-    """Model, ABI, cores, frequencies, governor, memory, kernel, temperatures and battery of a device."""
+    """Model, ABI, cores, frequencies, governor, memory, kernel, temperatures and battery of a device.
+
+    Keys a device lacks are left out (a Linux machine has no ``android_release``, for instance).
+
+    Example::
+
+        >>> import tempfile
+        >>> from lightning_shifter.device import AdbDevice, LocalDevice, collect_facts
+        >>> device = LocalDevice(tempfile.mkdtemp(), device_id="host")
+        >>> facts = collect_facts(device)
+        >>> facts["device_id"], facts["abi"] == device.abi, facts["cores"] >= 1
+        ('host', True, True)
+        >>> collect_facts(AdbDevice())  # doctest: +SKIP
+        {'device_id': 'R5CT21ABCDE', 'model': 'SM-S911B', 'manufacturer': 'samsung', 'android_release': '14',
+         'sdk': '34', 'soc': 'SM8550', 'abi': 'arm64-v8a', 'cores': 8, 'governor': 'schedutil', ...}
+    """
     pairs = _run_script(device, _FACTS_SCRIPT)
     values = dict(pairs)
     frequencies = sorted({int(v) for k, v in pairs if k == "max_freq" and v.isdigit()})

@@ -128,6 +128,20 @@ def deploy(device: Device, portfolio: Portfolio | str | os.PathLike, precisions:
         precisions: which programs to push (``"fp32"``, ``"int8"``).
         runner: the build to push (default: the one for the device's ABI under ``build_root``).
         retries: how often a dropped connection or a corrupted file is retried before giving up.
+
+    Example (the lines that push need a runner built with ``mobile/build.sh``)::
+
+        >>> import tempfile
+        >>> from lightning_shifter.device import LocalDevice, deploy
+        >>> device = LocalDevice(tempfile.mkdtemp())  # or AdbDevice() for the phone attached
+        >>> deployment = deploy(device, "portfolio/", precisions=("fp32", "int8"))  # doctest: +SKIP
+        >>> deployment.pushed  # doctest: +SKIP
+        ['bin/shifter_runner', 'lib/libexecutorch.so', 'portfolio/round-00/model.pte', ...]
+        >>> deploy(device, "portfolio/", precisions=("fp32", "int8")).pushed  # doctest: +SKIP
+        []
+        >>> with deployment.session("int8") as runner:  # doctest: +SKIP
+        ...     runner.switch("round-03")["switch_us"]
+        0.21
     """
     portfolio = _open(portfolio)
     precisions = tuple(precisions)
@@ -314,6 +328,20 @@ def bench(device: Device, portfolio: Portfolio | str | os.PathLike, precisions: 
     With ``record`` each variant's results go into the manifest as soon as they are measured:
     ``variant.devices[device.id] = {"facts": ..., "<precision>": {...}}``; the portfolio-wide
     memory figures go to the manifest's top-level ``devices[device.id]``.
+
+    Example (the lines that measure need a runner built with ``mobile/build.sh``)::
+
+        >>> import tempfile
+        >>> import rich
+        >>> from lightning_shifter.device import LocalDevice, bench
+        >>> from lightning_shifter.portfolio import Portfolio
+        >>> device = LocalDevice(tempfile.mkdtemp(), device_id="laptop")
+        >>> result = bench(device, "portfolio/", runs=20)  # doctest: +SKIP
+        >>> [(v.name, v.p50_ms < v.reload_ms) for v in result.variants]  # doctest: +SKIP
+        [('round-00', True), ('round-01', True), ('round-02', True)]
+        >>> Portfolio.open("portfolio/")["round-02"].devices["laptop"]["fp32"]["p50_ms"]  # doctest: +SKIP
+        0.042
+        >>> rich.print(result.table())  # doctest: +SKIP
     """
     portfolio = _open(portfolio)
     deployment = deployment or deploy(device, portfolio, precisions, retries=retries, retry_delay_s=retry_delay_s)
@@ -467,7 +495,27 @@ class SwitchReport:
 def device_options(portfolio: Portfolio, device_id: str, precisions: Sequence[str]) -> list[Any]:
     """Policy options from the manifest. Latency: measured on this device (:func:`bench`), else on
     the host, else None. Memory: the runner's resident memory holding only that variant on this device, else
-    the program's file size. Accuracy as the host Switcher reports it."""
+    the program's file size. Accuracy as the host Switcher reports it.
+
+    Example::
+
+        >>> import tempfile
+        >>> from lightning_shifter.device import device_options
+        >>> from lightning_shifter.portfolio import Portfolio, Variant
+        >>> from lightning_shifter.runtime import LatencyBudget
+        >>> p = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 4))
+        >>> for r, (acc, host_ms) in enumerate([(0.98, 4.0), (0.95, 1.0)]):
+        ...     name = f"round-{r:02d}"
+        ...     p.put_variant(Variant(name, round=r, density=0.5 ** r, params=100, macs=100,
+        ...                           files={"fp32": p.write_file(name, "fp32", bytes(1024 * 1024))},
+        ...                           metrics={"val_acc_compacted": acc}, host={"fp32": {"p50_ms": host_ms}}))
+        >>> _ = p.update_variant("round-01", devices={"phone-1": {"fp32": {"p50_ms": 3.0, "alone_rss_kb": 2048}}})
+        >>> options = device_options(p, "phone-1", ["fp32"])
+        >>> [(o.name, o.accuracy, o.latency_ms, o.memory_mb) for o in options]  # measured on phone-1, else host
+        [('round-00', 0.98, 4.0, 1.0), ('round-01', 0.95, 3.0, 2.0)]
+        >>> LatencyBudget().choose(options, {"latency_budget_ms": 3.5}).name
+        'round-01'
+    """
     from lightning_shifter.runtime import Option
 
     options = []
@@ -503,6 +551,20 @@ def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, pol
     ``policy.choose(options, conditions)`` decides; a different decision switches the runner, and
     the switch is reported (``on_switch``, the log, and the returned report). Programs without a
     device or host latency in the manifest are timed on the device first.
+
+    Example (the session needs a runner built with ``mobile/build.sh``)::
+
+        >>> import tempfile
+        >>> import rich
+        >>> from lightning_shifter.device import DeviceSignal, LocalDevice, switch_session
+        >>> from lightning_shifter.runtime import LatencyBudget, ScheduleSignal
+        >>> device = LocalDevice(tempfile.mkdtemp())
+        >>> budget = ScheduleSignal("latency_budget_ms", [(0, 5.0), (2, 0.05)])  # tightens after 2 s
+        >>> report = switch_session(device, "portfolio/", LatencyBudget(), duration_s=4,
+        ...                         signals=[budget, DeviceSignal(device)])  # doctest: +SKIP
+        >>> [(s.name, round(s.time_s)) for s in report.switches]  # doctest: +SKIP
+        [('round-00', 0), ('round-04', 2)]
+        >>> rich.print(report.table())  # doctest: +SKIP
     """
     portfolio = _open(portfolio)
     precisions = tuple(precisions)
@@ -592,7 +654,14 @@ def on_devices(devices: Sequence[Device], work: Callable[..., Any], *args: Any,
 
     Example::
 
-        results = on_devices(AdbDevice.all(), bench, "portfolio/")
+        >>> import tempfile
+        >>> from lightning_shifter.device import AdbDevice, LocalDevice, bench, on_devices
+        >>> devices = [LocalDevice(tempfile.mkdtemp(), device_id=f"local-{i}") for i in range(2)]
+        >>> on_devices(devices, lambda device, word: device.run(["echo", word, device.id]).stdout.strip(), "hi")
+        {'local-0': 'hi local-0', 'local-1': 'hi local-1'}
+        >>> on_devices(devices, lambda device: 1 / int(device.id[-1]))  # a failure is returned, not raised
+        {'local-0': ZeroDivisionError('division by zero'), 'local-1': 1.0}
+        >>> results = on_devices(AdbDevice.all(), bench, "portfolio/")  # doctest: +SKIP
     """
     if not devices:
         return {}

@@ -127,7 +127,28 @@ class Channel:
 
 
 class Device(abc.ABC):
-    """Where the runner runs: a phone or this machine, with a work directory for the harness."""
+    """Where the runner runs: a phone or this machine, with a work directory for the harness.
+
+    The harness talks to every device through this interface only; :class:`AdbDevice` and
+    :class:`LocalDevice` implement it.
+
+    Example::
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_shifter.device import Device, LocalDevice
+        >>> device: Device = LocalDevice(tempfile.mkdtemp(), device_id="host")
+        >>> device
+        LocalDevice('host')
+        >>> device.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+        CommandResult(returncode=3, stdout='out\\n', stderr='err\\n')
+        >>> target = device.path("note.txt")  # a path inside the work directory
+        >>> _ = Path(target).write_text("hi\\n")  # a phone would get it with device.push(local, target)
+        >>> device.sha256(device.workdir, ["note.txt", "missing.txt"])  # computed on the device
+        {'note.txt': '98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4'}
+        >>> device.free_bytes(device.workdir) > 0
+        True
+    """
 
     #: stable identifier, the key of this device's results in a portfolio manifest
     id: str
@@ -181,7 +202,19 @@ class Device(abc.ABC):
 
 # ---------------------------------------------------------------------------------------- adb
 def find_adb(adb_path: str | None = None) -> str:
-    """The adb executable: ``adb_path``, ``$ADBUTILS_ADB_PATH``, ``adb`` on PATH, or the one adbutils ships."""
+    """The adb executable: ``adb_path``, ``$ADBUTILS_ADB_PATH``, ``adb`` on PATH, or the one adbutils ships.
+
+    Example::
+
+        >>> from lightning_shifter.device import find_adb
+        >>> find_adb("/nowhere/adb")
+        Traceback (most recent call last):
+            ...
+        lightning_shifter.device.transport.DeviceError: adb not found (looked for /nowhere/adb): install the
+        Android platform tools (Debian: apt-get install adb) or set ADBUTILS_ADB_PATH to the adb executable
+        >>> find_adb()  # doctest: +SKIP
+        '/usr/bin/adb'
+    """
     candidates = [adb_path] if adb_path else [os.environ.get("ADBUTILS_ADB_PATH"), shutil.which("adb")]
     if not adb_path and not os.environ.get("ADBUTILS_ADB_PATH"):
         candidates.append(str(Path(adbutils.__file__).parent / "binaries" / "adb"))
@@ -196,7 +229,20 @@ def find_adb(adb_path: str | None = None) -> str:
 
 def adb_client(host: str = "127.0.0.1", port: int = 5037, start_server: bool = True,
                adb_path: str | None = None, timeout: float = 10.0) -> adbutils.AdbClient:
-    """An adbutils client for the adb server at ``host:port``, starting a local server if none runs."""
+    """An adbutils client for the adb server at ``host:port``, starting a local server if none runs.
+
+    Example::
+
+        >>> from lightning_shifter.device import adb_client, list_devices
+        >>> adb_client(port=1, start_server=False)  # nothing listens on port 1
+        Traceback (most recent call last):
+            ...
+        lightning_shifter.device.transport.DeviceError: no adb server at 127.0.0.1:1: start one with
+        `adb -P 1 start-server` (or pass start_server=True for a local one)
+        >>> client = adb_client()  # doctest: +SKIP
+        >>> list_devices(client)  # doctest: +SKIP
+        [('R5CT21ABCDE', 'device')]
+    """
     if not _listening(host, port):
         if not start_server or host not in ("127.0.0.1", "localhost"):
             raise DeviceError(
@@ -215,7 +261,16 @@ def adb_client(host: str = "127.0.0.1", port: int = 5037, start_server: bool = T
 
 
 def list_devices(client: adbutils.AdbClient) -> list[tuple[str, str]]:
-    """(serial, state) of every device the adb server knows, including unauthorized and offline ones."""
+    """(serial, state) of every device the adb server knows, including unauthorized and offline ones.
+
+    Example (needs an adb server: ``adb_client()`` starts one)::
+
+        >>> from lightning_shifter.device import AdbDevice, adb_client, list_devices
+        >>> list_devices(adb_client())  # doctest: +SKIP
+        [('R5CT21ABCDE', 'device'), ('emulator-5554', 'unauthorized')]
+        >>> [device.id for device in AdbDevice.all()]  # doctest: +SKIP
+        ['R5CT21ABCDE']
+    """
     try:
         return [(info.serial, info.state) for info in client.list()]
     except _TRANSPORT_ERRORS as err:
@@ -249,10 +304,16 @@ class AdbDevice(Device):
         adb_path: the adb executable used to start a server (default: found on PATH).
         timeout: socket timeout in seconds for each adb request.
 
-    Example::
+    Example (needs a phone attached with USB debugging enabled)::
 
-        phone = AdbDevice()                      # the only phone attached
-        phone.run(["getprop", "ro.product.model"]).stdout
+        >>> from lightning_shifter.device import AdbDevice
+        >>> phone = AdbDevice()  # doctest: +SKIP
+        >>> phone.abi, phone.workdir  # doctest: +SKIP
+        ('arm64-v8a', '/data/local/tmp/lightning-shifter')
+        >>> phone.run(["getprop", "ro.product.model"]).stdout  # doctest: +SKIP
+        'Pixel 7\\n'
+        >>> AdbDevice(serial="emulator-5554", port=5038)  # doctest: +SKIP
+        AdbDevice('emulator-5554')
     """
 
     def __init__(self, serial: str | None = None, host: str = "127.0.0.1", port: int = 5037,
