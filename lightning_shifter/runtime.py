@@ -255,6 +255,12 @@ class AllOf:
     def choose(self, options: Sequence[Option], conditions: Mapping[str, float]) -> Decision:
         if not options:
             raise ValueError("no options to choose from: the switcher has no loaded programs")
+        unmeasured = sorted(f"{o.name}/{o.precision}" for o in options if o.latency_ms is None)
+        if unmeasured:
+            raise ValueError(
+                f"no measured latency for {', '.join(unmeasured)}: policies choose from measured latencies; "
+                "time the programs first (lightning-shifter bench / device bench, or let Switcher measure them)"
+            )
         active = [(c, c.limit(conditions)) for c in self.constraints]
         active = [(c, limit) for c, limit in active if limit is not None]
         pick = _OBJECTIVES[self.objective]

@@ -68,6 +68,13 @@ def test_memory_budget_and_min_accuracy():
     assert best.name == "dense" and "minimum accuracy 0.99 unmet" in best.reason
 
 
+def test_options_without_a_measured_latency_are_refused_clearly():
+    unmeasured = [*OPTIONS, Option("fresh", "fp32", 0.99, None, 1.0)]  # e.g. device_options before any bench
+    for policy in (LatencyBudget(), MemoryBudget(), MinAccuracy()):
+        with pytest.raises(ValueError, match="no measured latency for fresh/fp32: .* time the programs first"):
+            policy.choose(unmeasured, {})
+
+
 def test_combined_constraints_relax_lowest_priority_first():
     policy = LatencyBudget() & MinAccuracy() & MemoryBudget()
     assert isinstance(policy, AllOf) and policy.objective == "accuracy"

@@ -2,7 +2,8 @@
 
 Example::
 
-    from lightning_shifter.device import AdbDevice, LocalDevice, bench, deploy, switch_session
+    import rich
+    from lightning_shifter.device import AdbDevice, bench
 
     phone = AdbDevice()                                 # the one phone attached (adb devices)
     result = bench(phone, "portfolio/")                 # deploys, measures, records in the manifest
