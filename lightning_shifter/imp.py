@@ -32,7 +32,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -48,6 +47,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_shifter import masks as M
+from lightning_shifter.portfolio import atomic_write
 
 __all__ = ["IterativeMagnitudePruning", "RoundRecord"]
 
@@ -489,13 +489,9 @@ class IterativeMagnitudePruning(Callback):
         path = Path(self.summary_file)
         if not path.is_absolute():
             path = Path(trainer.log_dir or trainer.default_root_dir) / path
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"target_densities": self.target_densities, "epochs_per_round": self.epochs_per_round,
                    "rewind_step": self.rewind_step, "rounds": [r.to_dict() for r in self.records]}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(payload, indent=2).encode())
 
     # ------------------------------------------------------------------ reporting
     def summary_table(self) -> Any:

@@ -74,6 +74,29 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through a synced temporary file in its folder, then rename it into place.
+
+    ``data`` is the bytes, or a function that writes them to a binary file object. Readers see the
+    old file or the new one, never a partial one; a failure leaves no temporary file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of a variant: its path relative to the portfolio root, size and sha256."""
@@ -392,24 +415,9 @@ class Portfolio:
         validate_variant_name(name)
         if role not in FILE_NAMES:
             raise PortfolioError(f"unknown file role {role!r}; known roles are {sorted(FILE_NAMES)}")
-        folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / FILE_NAMES[role]
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if callable(data):
-                    data(f)
-                else:
-                    f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            digest = sha256_file(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return FileEntry(path=f"{name}/{target.name}", bytes=target.stat().st_size, sha256=digest)
+        target = self.root / name / FILE_NAMES[role]
+        atomic_write(target, data)
+        return FileEntry(path=f"{name}/{target.name}", bytes=target.stat().st_size, sha256=sha256_file(target))
 
     def put_variant(self, variant: Variant) -> None:
         """Add or replace a variant (by name) and save the manifest; its files must already exist."""
@@ -458,17 +466,7 @@ class Portfolio:
             "variants": [v.to_json() for v in self.variants],
         }
         text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / MANIFEST_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.root / MANIFEST_NAME, text.encode("utf-8"))
 
     # ------------------------------------------------------------------ helpers
     def _resolve(self, relative: str, what: str) -> Path:

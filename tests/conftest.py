@@ -53,3 +53,14 @@ def make_trainer(tmp_path):
         return pl.Trainer(**kwargs)
 
     return make
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """The loopback adb server stand-in (tests/fake_adb.py), stopped with the test."""
+    from fake_adb import FakeAdbServer
+
+    # adbutils starts a real adb server when it cannot connect: point it at nothing instead
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", "/nonexistent/adb")
+    with FakeAdbServer(command_timeout_s=60.0) as fake:
+        yield fake

@@ -1,13 +1,12 @@
 """Builds the native runner (``mobile/build.sh``) and a small real portfolio for its tests.
 
-``make_portfolio`` is the one place that writes a portfolio here; it follows the manifest of
-docs/CONTRACTS.md (schema_version 1) with tiny conv nets of different widths, exported like the
-project's pipeline does: ``torch.export`` -> XNNPACK lowering -> ``.pte`` (fp32 and int8).
+``make_portfolio`` writes a portfolio of tiny conv nets of different widths through the project's
+own :class:`lightning_shifter.portfolio.Portfolio`, exported like the pipeline does:
+``torch.export`` -> XNNPACK lowering -> ``.pte`` (fp32 and int8).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -82,14 +81,10 @@ def export_pte(model: nn.Module, example: torch.Tensor, int8: bool = False) -> b
     return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
-def _file_entry(root: Path, relative: str, payload: bytes) -> dict:
-    (root / relative).parent.mkdir(parents=True, exist_ok=True)
-    (root / relative).write_bytes(payload)
-    return {"path": relative, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
-
-
 @dataclass
 class Portfolio:
+    """A written portfolio, its manifest as the runner reads it, and the eager model of every variant."""
+
     directory: Path
     manifest: dict
     models: dict[str, nn.Module]  # eager reference of every variant, by name
@@ -100,11 +95,15 @@ class Portfolio:
 
 
 def make_portfolio(directory: Path, widths: tuple[int, ...] = (4, 8, 16), int8_variants: int = 2) -> Portfolio:
-    """Writes a real portfolio of ``TinyConvNet`` variants (one per width, widest first) with
-    manifest.json; the first ``int8_variants`` of them also get an int8 program."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Writes a real portfolio of ``TinyConvNet`` variants (one per width, widest first); the first
+    ``int8_variants`` of them also get an int8 program."""
+    from lightning_shifter.compaction import count_macs
+    from lightning_shifter.portfolio import Portfolio as Manifest
+    from lightning_shifter.portfolio import Variant
+
+    manifest = Manifest.create(directory, input_shape=INPUT_SHAPE)
     example = pattern_input()
-    variants, models = [], {}
+    models = {}
     for round_index, width in enumerate(sorted(widths, reverse=True)):
         torch.manual_seed(width)
         model = TinyConvNet(width).eval()
@@ -112,24 +111,11 @@ def make_portfolio(directory: Path, widths: tuple[int, ...] = (4, 8, 16), int8_v
             model.features[1].running_mean.uniform_(-0.5, 0.5)
             model.features[1].running_var.uniform_(0.5, 2.0)
         name = f"round-{round_index:02d}"
-        files = {"fp32": _file_entry(directory, f"{name}/model.pte", export_pte(model, example))}
+        files = {"fp32": manifest.write_file(name, "fp32", export_pte(model, example))}
         if round_index < int8_variants:
-            files["int8"] = _file_entry(directory, f"{name}/model_int8.pte", export_pte(model, example, int8=True))
-        variants.append(
-            {
-                "name": name,
-                "round": round_index,
-                "density": 0.8**round_index,
-                "params": sum(p.numel() for p in model.parameters()),
-                "files": files,
-            }
-        )
+            files["int8"] = manifest.write_file(name, "int8", export_pte(model, example, int8=True))
+        manifest.put_variant(Variant(
+            name=name, round=round_index, density=0.8**round_index, params=sum(p.numel() for p in model.parameters()),
+            macs=count_macs(model, example), files=files))
         models[name] = model
-    manifest = {
-        "schema_version": 1,
-        "generator": "tests/runner_build.py",
-        "input": {"shape": list(INPUT_SHAPE), "dtype": "float32"},
-        "variants": variants,
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return Portfolio(directory, manifest, models)
+    return Portfolio(directory, json.loads((directory / "manifest.json").read_text()), models)

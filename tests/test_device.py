@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_adb import FakeAdbServer
 from runner_build import TinyConvNet, build_runner, export_pte, pattern_input
 
 from lightning_shifter.device import (
@@ -63,14 +62,6 @@ def portfolio_template(tmp_path_factory) -> Path:
 def portfolio(portfolio_template, tmp_path) -> Path:
     """A fresh copy per test: benches write their results into its manifest."""
     return Path(shutil.copytree(portfolio_template, tmp_path / "portfolio"))
-
-
-@pytest.fixture
-def server(monkeypatch):
-    # adbutils starts a real adb server when it cannot connect; make sure it never can
-    monkeypatch.setenv("ADBUTILS_ADB_PATH", "/nonexistent/adb")
-    with FakeAdbServer(command_timeout_s=60.0) as fake:
-        yield fake
 
 
 @pytest.fixture

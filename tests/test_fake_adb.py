@@ -13,14 +13,6 @@ from fake_adb import FakeAdbServer
 
 
 @pytest.fixture
-def server(monkeypatch):
-    # adbutils starts a real adb server when it cannot connect: point it at nothing instead
-    monkeypatch.setenv("ADBUTILS_ADB_PATH", "/nonexistent/adb")
-    with FakeAdbServer(command_timeout_s=30.0) as fake:
-        yield fake
-
-
-@pytest.fixture
 def phone(server, tmp_path):
     return server.add_phone("fake-1", tmp_path / "phone", abi="x86_64", model="Pixel Loop")
 
