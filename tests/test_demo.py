@@ -13,7 +13,7 @@ from lightning_shifter.cli import main
 from lightning_shifter.device import DeviceSwitch, LocalDevice, SwitchReport
 from lightning_shifter.portfolio import Portfolio
 from lightning_shifter.report import load_session
-from lightning_shifter.runtime import Option
+from lightning_shifter.runtime import LatencyBudget, Option, Switcher
 
 SMALL = ["--rounds", "2", "--width", "4", "--epochs-per-round", "1", "--rewind-step", "5", "--session-seconds", "2",
          "--runner-runs", "5", "--no-progress"]
@@ -42,22 +42,24 @@ def test_small_demo_makes_every_artefact(tmp_path, capsys):
         assert v.devices["host-native"]["int8"]["p50_ms"] > 0
     assert [round(v.density, 2) for v in portfolio.variants] == [1.0, 0.7, 0.49]
 
-    # the host session followed the budget: most accurate while generous, fastest while below everything
+    # the host session followed the budget: in every phase it ran what the policy picks for that budget,
+    # among the Pareto-front programs the demo switches between, from their measured latencies
     host = load_session(out / "sessions" / "host-executorch-switcher.json")
-    options = [Option(v.name, p, v.metrics[f"val_acc_{p}"], v.host[p]["p50_ms"], None)
-               for v in portfolio.variants for p in ("fp32", "int8")]
-    most_accurate = _pick(options, lambda o: (o.accuracy, -o.latency_ms))
-    fastest = _pick(options, lambda o: (-o.latency_ms, o.accuracy))
-    phase = {0: [], 2: []}
+    front = [v.name for v in portfolio.pareto_front()]
+    options = Switcher(out / "portfolio", ("fp32", "int8"), variants=front, measure=None).options()
+    expected = {b: LatencyBudget().choose(options, {"latency_budget_ms": b}) for b in {e["budget_ms"] for e in host}}
     for event in host:
-        quarter = int(event["t"] // 0.5)
-        if quarter in phase and 0.02 < event["t"] % 0.5 < 0.48:  # clear of the budget's changes
-            phase[quarter].append((event["variant"], event["precision"]))
-    assert set(phase[0]) == {most_accurate} and set(phase[2]) == {fastest}
+        if 0.02 < event["t"] % 0.5 < 0.48:  # clear of the budget's changes
+            decision = expected[event["budget_ms"]]
+            assert (event["variant"], event["precision"]) == (decision.name, decision.precision)
     budgets = [e["budget_ms"] for e in host]
     assert budgets[0] > min(budgets) and budgets[-1] == budgets[0]  # drops, then rises again
+    most_accurate = _pick(options, lambda o: (o.accuracy, -o.latency_ms))
+    assert (host[0]["variant"], host[0]["precision"]) == (host[-1]["variant"], host[-1]["precision"]) == most_accurate
+    planned = [expected[b] for i, b in enumerate(budgets) if i == 0 or b != budgets[i - 1]]
+    changes = sum((a.name, a.precision) != (b.name, b.precision) for a, b in zip(planned, planned[1:]))
     switches = [e for e in host if "switch_us" in e]
-    assert len(switches) == (2 if most_accurate != fastest else 0)
+    assert len(switches) == changes
     assert all(e["switch_us"] < 1000 and e["reason"] for e in switches)
     native = load_session(out / "sessions" / "native-runner-host-native.json")
     assert native[0]["variant"] and native[-1]["t"] >= 2.0
