@@ -187,11 +187,13 @@ def _run_demo(args: argparse.Namespace) -> int:
                 runner_problem = str(err)
                 console.print(f"[yellow]native runner skipped:[/yellow] {err}")
 
-    records = demo.run_demo(out, rounds=args.rounds, epochs_per_round=args.epochs_per_round,
-                            rewind_step=args.rewind_step, seed=args.seed, progress_bar=not args.no_progress,
-                            width=args.width, prune_fraction=args.prune_fraction)
+    records, original = demo.run_demo(
+        out, model=args.model, width=args.width, image_size=args.image_size, rounds=args.rounds,
+        final_density=args.final_density, epochs_per_round=args.epochs_per_round, rewind_step=args.rewind_step,
+        alpha=args.alpha, keep=args.keep, seed=args.seed, progress_bar=not args.no_progress)
+    training_s = time.perf_counter() - started
     portfolio_dir = out / "portfolio"
-    datamodule = demo.DigitsDataModule(seed=args.seed)
+    datamodule = demo.DigitsDataModule(seed=args.seed, image_size=args.image_size)
     datamodule.setup("fit")
     report = _export(portfolio_dir, args.precisions, datamodule, None, 1, False, not args.no_progress)
     if report.failed:
@@ -215,12 +217,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     from lightning_shifter.report import write_report
 
     with console.status("writing the report"):
-        page = write_report(portfolio_dir, out / "report", sessions=sessions)
-    summary = {"seconds": time.perf_counter() - started, "rounds": len(records), "switching": switching,
+        page = write_report(portfolio_dir, out / "report", sessions=sessions,
+                            notes=demo.original_rule_notes(portfolio_dir, original))
+    headline = demo.headline_summary(portfolio_dir, original)
+    summary = {"seconds": time.perf_counter() - started, "training_seconds": training_s, "rounds": len(records),
+               "headline": headline, "switching": switching,
                "native_runner": (runner_problem or "ok") if args.runner != "skip" else "skipped",
                "report": str(page)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
 
+    console.print(_headline_table(headline))
     console.print(_portfolio_table(portfolio_dir, device.id if runner_bench is not None else None))
     console.print(_switching_table(switching))
     if runner_problem:
@@ -328,6 +334,32 @@ def _switching_table(summaries: dict[str, dict[str, Any]]) -> Any:
     return table
 
 
+def _headline_table(headline: dict[str, Any] | None) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Headline: the smallest variant within 1 accuracy point of the dense model")
+    if headline is None:
+        table.add_column("no variant kept the dense model's accuracy (or none was evaluated)")
+        return table
+    for column in ("", "params", "smaller", "host fp32 ms", "faster", "accuracy", "max |error|"):
+        table.add_column(column, justify="left" if not column else "right")
+
+    def ms(value: Any) -> str:
+        return "" if value is None else f"{value:.3f}"
+
+    table.add_row("dense (round 0)", f"{headline['dense_params']:,}", "1.00x", ms(headline["dense_ms"]), "1.00x",
+                  f"{100 * headline['dense_accuracy']:.1f}%", "")
+    table.add_row(f"ours: {headline['variant']} (exact compaction)", f"{headline['params']:,}",
+                  f"{headline['size_ratio']:.2f}x", ms(headline["ms"]),
+                  "" if headline["latency_ratio"] is None else f"{headline['latency_ratio']:.2f}x",
+                  f"{100 * headline['accuracy']:.1f}%", f"{headline['exactness_error']:.1e}")
+    if headline.get("original_size_ratio") is not None:
+        table.add_row("original DNNShifter rule, same masks (batch-norms fused)", "",
+                      f"{headline['original_size_ratio']:.2f}x (ours {headline['ours_fused_size_ratio']:.2f}x)", "",
+                      "", "", f"{headline['original_max_error']:.1e}")
+    return table
+
+
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="the whole pipeline on scikit-learn's digits: train, prune, compact, export, bench, switch, report",
@@ -338,13 +370,21 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder, empty or new (default: a fresh folder under runs/)")
+    parser.add_argument("--model", choices=("vgg", "resnet"), default="vgg",
+                        help="DigitsVGG (over-parameterized, the default) or the small DigitsResNet")
+    parser.add_argument("--width", type=_positive_int, default=64, help="channels of the model's first stage (default: 64)")
+    parser.add_argument("--image-size", type=_positive_int, default=16,
+                        help="digits are resized to this many pixels a side (default: 16)")
     parser.add_argument("--rounds", type=_positive_int, default=10, help="pruning rounds (default: 10)")
-    parser.add_argument("--prune-fraction", type=_fraction, default=0.3,
-                        help="fraction of the remaining weights pruned per round (default: 0.3, density 0.028 "
-                             "after 10 rounds)")
-    parser.add_argument("--epochs-per-round", type=_positive_int, default=4, help="epochs per round (default: 4)")
+    parser.add_argument("--final-density", type=_fraction, default=0.02,
+                        help="density after the last round; each round prunes the same fraction (default: 0.02)")
+    parser.add_argument("--alpha", type=float, default=2.0,
+                        help="ChannelAwareMagnitude's alpha (structure-aware pruning); 0 is plain magnitude, "
+                             "DNNShifter's (default: 2)")
+    parser.add_argument("--keep", choices=("distinct", "pareto", "all"), default="distinct",
+                        help="which rounds become variants (default: distinct, one per compacted size)")
+    parser.add_argument("--epochs-per-round", type=_positive_int, default=2, help="epochs per round (default: 2)")
     parser.add_argument("--rewind-step", type=int, default=20, help="optimizer step to rewind to (default: 20)")
-    parser.add_argument("--width", type=_positive_int, default=16, help="channels of the model's first stage (default: 16)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                         help="programs to export (default: fp32 int8)")
     parser.add_argument("--runner", choices=("auto", "require", "skip"), default="auto",

@@ -44,7 +44,6 @@ from lightning_shifter.imp import IterativeMagnitudePruning, RoundRecord
 if TYPE_CHECKING:  # executorch's runtime is imported only where a session runs
     from lightning_shifter.runtime import Option, Switcher
 
-INPUT_SHAPE = (1, 1, 8, 8)
 NUM_CLASSES = 10
 
 
@@ -72,16 +71,21 @@ class EpochSeededShuffle(Sampler[int]):
 
 
 class DigitsDataModule(pl.LightningDataModule):
-    """scikit-learn's 1,797 real 8x8 handwritten digits as ``(1, 8, 8)`` float tensors.
+    """scikit-learn's 1,797 real 8x8 handwritten digits as ``(1, image_size, image_size)`` float tensors.
 
     Pixels are scaled by the training split's mean and standard deviation; the train/validation
-    split is a fixed permutation of ``seed``. Nothing is downloaded: the data ships with scikit-learn.
+    split is a fixed permutation of ``seed``. ``image_size`` other than 8 resizes the images
+    (bilinear) once, at setup, so that models see a realistic resolution. Nothing is downloaded: the
+    data ships with scikit-learn.
     """
 
-    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, image_size: int = 8) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        self.image_size = image_size
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
@@ -101,6 +105,8 @@ class DigitsDataModule(pl.LightningDataModule):
         val_idx, train_idx = order[:n_val], order[n_val:]
         mean, std = images[train_idx].mean(), images[train_idx].std()
         images = (images - mean) / std
+        if self.image_size != images.shape[-1]:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         self.train_set = TensorDataset(images[train_idx], labels[train_idx])
         self.val_set = TensorDataset(images[val_idx], labels[val_idx])
 
@@ -140,28 +146,16 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class DigitsResNet(pl.LightningModule):
-    """A small residual CNN for 8x8 digits, written as a plain LightningModule.
+class DigitsClassifier(pl.LightningModule):
+    """What the demo's models share, written as a plain LightningModule: cross-entropy training,
+    ``val_loss`` / ``val_acc`` logging, SGD with momentum and a cosine LR schedule over
+    ``schedule_epochs`` epochs (with IMP, set it to ``epochs_per_round``: every round rewinds it).
+    Subclasses build the layers and ``forward``."""
 
-    conv-bn-relu stem (``width`` channels), a basic block at ``width`` and one at ``2 * width`` with
-    stride 2, global average pooling, a linear classifier. SGD with momentum and a cosine LR
-    schedule over ``schedule_epochs`` epochs (with IMP, set it to ``epochs_per_round``: every round
-    rewinds the schedule). Logs ``train_loss``, ``val_loss`` and ``val_acc``.
-    """
-
-    def __init__(self, width: int = 16, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 schedule_epochs: int = 2) -> None:
+    def __init__(self, lr: float, momentum: float, weight_decay: float, schedule_epochs: int) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.stem = nn.Sequential(*_conv_bn(1, width, 3), nn.ReLU())
-        self.block1 = BasicBlock(width, width)
-        self.block2 = BasicBlock(width, 2 * width, stride=2)
-        self.fc = nn.Linear(2 * width, NUM_CLASSES)
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.block2(self.block1(self.stem(x)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -183,14 +177,107 @@ class DigitsResNet(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
+class DigitsResNet(DigitsClassifier):
+    """A small residual CNN for 8x8 digits.
+
+    conv-bn-relu stem (``width`` channels), a basic block at ``width`` and one at ``2 * width`` with
+    stride 2, global average pooling, a linear classifier.
+    """
+
+    def __init__(self, width: int = 16, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 schedule_epochs: int = 2) -> None:
+        super().__init__(lr, momentum, weight_decay, schedule_epochs)
+        self.save_hyperparameters()
+        self.stem = nn.Sequential(*_conv_bn(1, width, 3), nn.ReLU())
+        self.block1 = BasicBlock(width, width)
+        self.block2 = BasicBlock(width, 2 * width, stride=2)
+        self.fc = nn.Linear(2 * width, NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DigitsVGG(DigitsClassifier):
+    """A VGG-style CNN, over-parameterized for digits (as VGG-16 is for CIFAR-10): the demo's model.
+
+    conv-bn-relu at ``width``, ``width``, 2x2 max pooling, ``2 * width``, ``2 * width``, pooling,
+    ``4 * width``; global average pooling and a linear classifier. Any input size of 4x4 or more.
+    """
+
+    def __init__(self, width: int = 64, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 schedule_epochs: int = 2) -> None:
+        super().__init__(lr, momentum, weight_decay, schedule_epochs)
+        self.save_hyperparameters()
+        layers: list[nn.Module] = []
+        channels = 1
+        for out in (width, width, "pool", 2 * width, 2 * width, "pool", 4 * width):
+            if out == "pool":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [*_conv_bn(channels, out, 3), nn.ReLU()]
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels, NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+MODELS: dict[str, type[DigitsClassifier]] = {"vgg": DigitsVGG, "resnet": DigitsResNet}
+
+
+class OriginalRule(Callback):
+    """A round-end listener that applies the original DNNShifter rule to each round's sparse model.
+
+    Per round it records, with batch-norms fused into the convolutions as the original counts them,
+    the parameters of the dense model, of our exact compaction and of the original rule's
+    (:func:`~lightning_shifter.compaction.original.compact_original`), and the original rule's
+    largest output error on a fixed random batch: the side-by-side comparison the demo reports.
+    """
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        self.input_shape = tuple(input_shape)
+        self.rounds: dict[int, dict[str, float]] = {}
+
+    def on_pruning_round_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: RoundRecord) -> None:
+        from torch.fx.experimental.optimization import fuse
+
+        from lightning_shifter.compaction import compact, materialized_copy
+        from lightning_shifter.compaction.original import compact_original
+
+        sparse = materialized_copy(pl_module).cpu().eval()
+        x = torch.randn((8, *self.input_shape[1:]), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            original = compact_original(sparse, x[:1])
+            ours = compact(sparse, x[:1]).module
+            error = float((original(x) - sparse(x)).abs().max())
+
+        def fused_params(module: nn.Module) -> int:
+            return sum(p.numel() for p in fuse(module, inplace=False).parameters())
+
+        dense = fused_params(sparse) if record.round == 0 else self.rounds[0]["dense"]
+        self.rounds[record.round] = {"dense": dense, "ours": fused_params(ours),
+                                     "original": sum(p.numel() for p in original.parameters()),
+                                     "original_max_error": error}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": {str(k): v for k, v in self.rounds.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rounds = {int(k): dict(v) for k, v in state_dict["rounds"].items()}
+
+
 def build_callbacks(out_dir: Path, rounds: int, epochs_per_round: int, rewind_step: int,
-                    prune_fraction: float = 0.2) -> list[Callback]:
+                    final_density: float, criterion: Any, input_shape: Sequence[int],
+                    keep: str = "distinct") -> list[Callback]:
     """The demo's callbacks, in one place: IMP, exact compaction of every round into
-    ``out_dir/portfolio``, and a resumable checkpoint."""
+    ``out_dir/portfolio``, the original rule on the same masks, and a resumable checkpoint."""
     return [
         IterativeMagnitudePruning(rounds=rounds, epochs_per_round=epochs_per_round, rewind_step=rewind_step,
-                                  prune_fraction=prune_fraction),
-        Compaction(out_dir / "portfolio", example_input_shape=INPUT_SHAPE),
+                                  final_density=final_density, criterion=criterion),
+        Compaction(out_dir / "portfolio", example_input_shape=tuple(input_shape), keep=keep),
+        OriginalRule(input_shape),
         # save_top_k=1 (the default) writes every epoch, so last.ckpt exists to resume from after a kill
         ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True),
     ]
@@ -198,24 +285,38 @@ def build_callbacks(out_dir: Path, rounds: int, epochs_per_round: int, rewind_st
 
 def run_demo(
     out_dir: str | os.PathLike,
+    model: str = "vgg",
+    width: int = 64,
+    image_size: int = 16,
     rounds: int = 10,
+    final_density: float = 0.02,
     epochs_per_round: int = 2,
-    rewind_step: int = 10,
+    rewind_step: int = 20,
+    alpha: float = 2.0,
+    keep: str = "distinct",
     seed: int = 0,
     extra_callbacks: Sequence[Callback] = (),
     progress_bar: bool = True,
-    width: int = 16,
-    prune_fraction: float = 0.2,
-) -> list[RoundRecord]:
-    """Train ``DigitsResNet`` on digits with IMP, compact every round, print the per-round table.
+) -> tuple[list[RoundRecord], dict[int, dict[str, float]]]:
+    """Train a digits model with IMP, compact every round, print the per-round table.
 
-    Writes the portfolio (``portfolio/``: ``manifest.json`` and a ``model.pt2`` per round), the CSV
-    logs, ``imp_rounds.json`` and a resumable ``checkpoints/last.ckpt`` under ``out_dir``; returns
-    the IMP round records.
+    ``model`` is ``"vgg"`` (:class:`DigitsVGG`) or ``"resnet"`` (:class:`DigitsResNet`), at
+    ``width`` channels, on digits resized to ``image_size``; ``alpha`` > 0 prunes with
+    :class:`~lightning_shifter.criteria.ChannelAwareMagnitude` (0: plain magnitude, DNNShifter's).
+    Writes the portfolio (``portfolio/``: ``manifest.json`` and a ``model.pt2`` per kept round), the
+    CSV logs, ``imp_rounds.json`` and a resumable ``checkpoints/last.ckpt`` under ``out_dir``;
+    returns the IMP round records and the original rule's figures per round (:class:`OriginalRule`).
     """
+    from lightning_shifter.criteria import ChannelAwareMagnitude, magnitude
+
+    if model not in MODELS:
+        raise ValueError(f"unknown demo model {model!r}; use one of {sorted(MODELS)}")
     out_dir = Path(out_dir)
     pl.seed_everything(seed, verbose=False)
-    callbacks = [*build_callbacks(out_dir, rounds, epochs_per_round, rewind_step, prune_fraction), *extra_callbacks]
+    input_shape = (1, 1, image_size, image_size)
+    criterion = ChannelAwareMagnitude(alpha=alpha) if alpha > 0 else magnitude
+    callbacks = [*build_callbacks(out_dir, rounds, epochs_per_round, rewind_step, final_density, criterion,
+                                  input_shape, keep), *extra_callbacks]
     if progress_bar:
         callbacks.append(RichProgressBar())
     imp = next(c for c in callbacks if isinstance(c, IterativeMagnitudePruning))
@@ -231,9 +332,10 @@ def run_demo(
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    model = DigitsResNet(width=width, schedule_epochs=epochs_per_round)
-    trainer.fit(model, datamodule=DigitsDataModule(seed=seed))
-    return imp.records
+    module = MODELS[model](width=width, schedule_epochs=epochs_per_round)
+    trainer.fit(module, datamodule=DigitsDataModule(seed=seed, image_size=image_size))
+    original = next(c for c in callbacks if isinstance(c, OriginalRule))
+    return imp.records, original.rounds
 
 
 # ---------------------------------------------------------------------------------------- after training
@@ -276,27 +378,81 @@ def _build_failure(stderr: str) -> str:
     return " ".join(lines[-3:])[:600] or "no output"
 
 
-def budget_schedule(options: Sequence[Option], duration_s: float) -> list[tuple[float, float]]:
-    """A latency budget that drops and rises again, scaled to the programs' measured latencies.
+def headline_summary(portfolio_dir: str | os.PathLike, original: dict[int, dict[str, float]]) -> dict[str, Any] | None:
+    """The demo's headline as numbers: :func:`~lightning_shifter.portfolio.headline` of the portfolio
+    (smallest variant within 1 accuracy point of dense, size and host fp32 latency against dense), with
+    the original DNNShifter rule on the same round's masks (:class:`OriginalRule`) beside it."""
+    from lightning_shifter.portfolio import Portfolio, headline
 
-    Four equal phases: generous (every program fits, the most accurate runs), just below the most
-    accurate program's latency (a faster one takes over), below every program (the policy falls
-    back to the fastest), generous again.
+    portfolio = Portfolio.open(portfolio_dir, verify=False)
+    found = headline(portfolio)
+    if found is None:
+        return None
+    variant = found.variant
+
+    def fp32_ms(name: str | None) -> float | None:
+        return None if name is None else portfolio[name].host.get("fp32", {}).get("p50_ms")
+
+    summary: dict[str, Any] = {
+        "variant": variant.name, "round": variant.round, "density": variant.density, "params": variant.params,
+        "dense_params": found.dense_params, "size_ratio": found.size_ratio, "macs_ratio": found.macs_ratio,
+        "ms": fp32_ms(variant.name), "dense_ms": fp32_ms(found.dense_program), "dense_program": found.dense_program,
+        "latency_ratio": found.latency_ratio, "accuracy": variant.accuracy, "dense_accuracy": found.dense_accuracy,
+        "exactness_error": variant.exactness_error,
+    }
+    rule = original.get(variant.round)
+    if rule is not None:
+        summary.update(original_size_ratio=rule["dense"] / rule["original"], ours_fused_size_ratio=rule["dense"] / rule["ours"],
+                       original_max_error=rule["original_max_error"])
+    return summary
+
+
+def original_rule_notes(portfolio_dir: str | os.PathLike, original: dict[int, dict[str, float]]) -> list[str]:
+    """The report's sentence comparing the headline variant with the original rule on the same masks."""
+    summary = headline_summary(portfolio_dir, original)
+    if summary is None or "original_size_ratio" not in summary:
+        return []
+    return [f"The original DNNShifter rule on the same masks (round {summary['round']}) makes the model "
+            f"{summary['original_size_ratio']:.2f}x smaller (ours {summary['ours_fused_size_ratio']:.2f}x, both "
+            f"counted with batch-norms fused) and changes its outputs by up to {summary['original_max_error']:.1e}; "
+            f"ours changes them by at most {summary['exactness_error']:.1e} (exact compaction)."]
+
+
+def budget_schedule(options: Sequence[Option], duration_s: float, margin: float = 1.3) -> list[tuple[float, float]]:
+    """A latency budget that drops and rises again, which the program the policy picks always meets.
+
+    Equal phases: generous (every program fits: the most accurate runs), then ``margin`` times the
+    latency of the most accurate program at least twice as fast as that one (when there is such a
+    program, other than the fastest), then ``margin`` times the fastest program's latency, then
+    generous again. A budget policy picks, in each phase, a program whose measured latency is within
+    the budget (the targeted one, or a faster one that is more accurate), with ``margin`` to spare
+    for noise.
 
     Example::
 
         >>> from lightning_shifter.runtime import Option
-        >>> options = [Option("dense", "fp32", 0.99, 4.0, None), Option("small", "int8", 0.95, 1.0, None)]
-        >>> budget_schedule(options, duration_s=8.0)
-        [(0.0, 8.0), (2.0, 3.96), (4.0, 0.5), (6.0, 8.0)]
+        >>> options = [Option("dense", "fp32", 0.99, 4.0, None), Option("small", "fp32", 0.98, 1.5, None),
+        ...            Option("tiny", "int8", 0.95, 0.5, None)]
+        >>> [(t, round(b, 2)) for t, b in budget_schedule(options, duration_s=8.0)]
+        [(0.0, 6.0), (2.0, 1.95), (4.0, 0.65), (6.0, 6.0)]
     """
     if not options:
         raise ValueError("no programs to scale the budget to: export and measure the portfolio first")
-    latencies = [o.latency_ms for o in options]
-    best = max(options, key=lambda o: (-math.inf if o.accuracy is None else o.accuracy, -o.latency_ms))
-    generous, quarter = 2 * max(latencies), duration_s / 4
-    return [(0.0, generous), (quarter, 0.99 * best.latency_ms), (2 * quarter, 0.5 * min(latencies)),
-            (3 * quarter, generous)]
+    if margin < 1.0:
+        raise ValueError(f"margin must be >= 1 (a budget below the target's own latency), got {margin!r}")
+
+    def accuracy(option: Option) -> float:
+        return -math.inf if option.accuracy is None else option.accuracy
+
+    best = max(options, key=lambda o: (accuracy(o), -o.latency_ms))
+    fastest = min(options, key=lambda o: (o.latency_ms, -accuracy(o)))
+    faster = [o for o in options if o.latency_ms <= best.latency_ms / 2 and o is not fastest]
+    budgets = [1.5 * max(o.latency_ms for o in options)]
+    if faster:
+        budgets.append(margin * max(faster, key=lambda o: (accuracy(o), -o.latency_ms)).latency_ms)
+    budgets += [margin * fastest.latency_ms, budgets[0]]
+    phase = duration_s / len(budgets)
+    return [(i * phase, budget) for i, budget in enumerate(budgets)]
 
 
 def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float = 0.01,

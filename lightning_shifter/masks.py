@@ -110,27 +110,40 @@ def global_magnitude_masks(
 ) -> dict[str, Tensor]:
     """Boolean masks keeping exactly ``keep`` of the given weights, largest magnitude first.
 
-    The rule is global and deterministic: scores are ``|w|`` over the concatenation of all weights in
-    the mapping's order, entries already pruned by ``masks`` score -1 (so they are pruned first and
-    never come back), and ties are broken by position (a stable sort keeps the earlier entry).
-    Already-zero weights that are not masked score 0 and go right after the masked ones.
+    :func:`global_score_masks` with ``|w|`` as the score: global, deterministic, already-pruned
+    entries go first and never come back, ties are broken by position.
     """
-    if not weights:
+    return global_score_masks({n: w.detach().abs() for n, w in weights.items()}, keep, masks)
+
+
+@torch.no_grad()
+def global_score_masks(
+    scores: Mapping[str, Tensor], keep: int, masks: Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Boolean masks keeping exactly ``keep`` entries over all ``scores``, highest score first.
+
+    The rule is global and deterministic: scores are compared over the concatenation of all tensors
+    in the mapping's order, entries already pruned by ``masks`` score -1 (so they are pruned first
+    and never come back), and ties are broken by position (a stable sort keeps the earlier entry).
+    Scores must be non-negative; zero-score entries that are not masked go right after the masked
+    ones.
+    """
+    if not scores:
         raise ValueError("no weights to prune: the selection of prunable weights is empty")
-    names = list(weights)
-    flat = [weights[n].detach().reshape(-1).abs().to(torch.float32) for n in names]
+    names = list(scores)
+    flat = [scores[n].detach().reshape(-1).to(torch.float32) for n in names]
     if masks is not None:
         flat = [torch.where(masks[n].reshape(-1).to(f.device), f, -1.0) for n, f in zip(names, flat)]
     sizes = [f.numel() for f in flat]
     total = sum(sizes)
     if not 0 <= keep <= total:
         raise ValueError(f"keep must be in [0, {total}], got {keep}")
-    scores = torch.cat([f.to(flat[0].device) for f in flat])
-    order = torch.sort(scores, descending=True, stable=True).indices
-    kept = torch.zeros(total, dtype=torch.bool, device=scores.device)
+    flat_scores = torch.cat([f.to(flat[0].device) for f in flat])
+    order = torch.sort(flat_scores, descending=True, stable=True).indices
+    kept = torch.zeros(total, dtype=torch.bool, device=flat_scores.device)
     kept[order[:keep]] = True
     return {
-        n: part.reshape(weights[n].shape).to(weights[n].device)
+        n: part.reshape(scores[n].shape).to(scores[n].device)
         for n, part in zip(names, torch.split(kept, sizes))
     }
 
@@ -169,6 +182,17 @@ def output_channel_view(module: nn.Module, tensor: Tensor) -> Tensor:
         grouped = tensor.reshape(groups, in_channels // groups, out_per_group, -1)
         return grouped.transpose(1, 2).reshape(groups * out_per_group, -1)
     return tensor.reshape(tensor.shape[0], -1)
+
+
+def input_channel_view(module: nn.Module, tensor: Tensor) -> Tensor:
+    """``tensor`` (shaped like ``module.weight``) as ``(in_channels, -1)``: row ``i`` holds every
+    weight that reads input channel ``i`` (for grouped convolutions, of the group that reads it)."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return tensor.reshape(tensor.shape[0], -1)
+    groups = getattr(module, "groups", 1)
+    out_channels, in_per_group = tensor.shape[:2]
+    grouped = tensor.reshape(groups, out_channels // groups, in_per_group, -1)
+    return grouped.transpose(1, 2).reshape(groups * in_per_group, -1)
 
 
 @torch.no_grad()

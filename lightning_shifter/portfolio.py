@@ -49,6 +49,8 @@ FILE_NAMES = {"pt2": "model.pt2", "fp32": "model.pte", "int8": "model_int8.pte"}
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
+#: Which variants a portfolio keeps as rounds arrive (see :func:`keep_decision`).
+KEEP_POLICIES = ("all", "distinct", "pareto")
 
 
 class PortfolioError(Exception):
@@ -210,6 +212,165 @@ class Variant:
         return cls(**fields)
 
 
+@dataclass
+class Skipped:
+    """A variant that was measured but is not in the portfolio, and why (the keep policy dropped it).
+
+    ``variant`` holds what was measured (no files); ``reason`` names the variant that made it
+    redundant.
+    """
+
+    variant: Variant
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.variant.to_json()
+        del data["files"]
+        return {**data, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Skipped:
+        if not isinstance(data, dict) or not isinstance(data.get("reason"), str):
+            raise PortfolioError(f"{where}: expected an object with a 'reason' text")
+        fields = {k: v for k, v in data.items() if k not in ("reason", "files")}
+        return cls(Variant.from_json(fields, where), data["reason"])
+
+
+@dataclass
+class KeepDecision:
+    """What a keep policy decided for a new variant: ``keep`` it or not (``reason`` says why not), and
+    which kept variants it ``replaces`` (name -> why; they are to be removed)."""
+
+    keep: bool
+    reason: str = ""
+    replaces: dict[str, str] = field(default_factory=dict)
+
+
+def keep_decision(variants: Sequence[Variant], candidate: Variant, policy: str = "distinct") -> KeepDecision:
+    """Whether a portfolio holding ``variants`` should keep ``candidate``, under ``policy``.
+
+    * ``"all"``: every variant is kept.
+    * ``"distinct"``: one variant per compacted size (``params``): of two the same size, the more
+      accurate (``Variant.accuracy``) stays; on equal or unknown accuracy the one already kept stays.
+      Iterative pruning makes many same-size variants before compaction starts to pay; they cost
+      disk and memory and add nothing.
+    * ``"pareto"``: only the accuracy / size Pareto front: a variant stays unless another is at
+      least as accurate and no bigger (and better in one of the two); a variant without accuracy is
+      judged by size alone, as under ``"distinct"``.
+
+    A variant of the same name as ``candidate`` is ignored (the candidate replaces it anyway).
+
+    Example::
+
+        >>> from lightning_shifter.portfolio import Variant, keep_decision
+        >>> def v(name, params, acc):
+        ...     return Variant(name, round=int(name[-2:]), density=1.0, params=params, macs=params,
+        ...                    metrics={"val_acc_compacted": acc})
+        >>> kept = [v("round-00", 1000, 0.97), v("round-01", 1000, 0.98)]
+        >>> keep_decision(kept[:1], kept[1], "distinct")
+        KeepDecision(keep=True, reason='', replaces={'round-00': 'round-01 has the same size (1000 params) and is more accurate (0.9800 vs 0.9700)'})
+        >>> keep_decision(kept[1:], v("round-02", 1000, 0.96), "distinct").reason
+        'round-01 has the same size (1000 params) and is more accurate (0.9800 vs 0.9600)'
+        >>> list(keep_decision(kept[1:], v("round-03", 400, 0.99), "pareto").replaces)
+        ['round-01']
+    """
+    if policy not in KEEP_POLICIES:
+        raise ValueError(f"unknown keep policy {policy!r}; use one of {KEEP_POLICIES}")
+    if policy == "all":
+        return KeepDecision(True)
+    others = [v for v in variants if v.name != candidate.name]
+    for other in others:  # an equal variant already kept wins
+        reason = _makes_redundant(other, candidate, policy)
+        if reason is not None:
+            return KeepDecision(False, reason=reason)
+    reasons = {other.name: _makes_redundant(candidate, other, policy) for other in others}
+    return KeepDecision(True, replaces={name: reason for name, reason in reasons.items() if reason is not None})
+
+
+def _makes_redundant(a: Variant, b: Variant, policy: str) -> str | None:
+    """Why variant ``a`` makes ``b`` redundant under ``policy``, or None if it does not."""
+    if a.params == b.params:
+        if a.accuracy is None or b.accuracy is None:
+            return f"{a.name} has the same size ({a.params} params); accuracies unknown, the first one stays"
+        if a.accuracy < b.accuracy:
+            return None
+        better = "more accurate" if a.accuracy > b.accuracy else "as accurate"
+        return f"{a.name} has the same size ({a.params} params) and is {better} ({a.accuracy:.4f} vs {b.accuracy:.4f})"
+    if (policy == "pareto" and a.params < b.params and a.accuracy is not None and b.accuracy is not None
+            and a.accuracy >= b.accuracy):
+        return (f"{a.name} is smaller ({a.params} < {b.params} params) and at least as accurate "
+                f"({a.accuracy:.4f} vs {b.accuracy:.4f})")
+    return None
+
+
+@dataclass
+class Headline:
+    """The smallest variant that kept the dense model's accuracy, against the dense model.
+
+    ``dense_params`` is the dense model's parameter count; ``dense_accuracy`` the best accuracy of any
+    dense-size model of the run (round 0, and rounds that compaction could not shrink: each was a
+    model users could have deployed instead), taken from the portfolio and its skipped entries;
+    ``variant`` is the smallest variant whose accuracy is within ``max_accuracy_drop`` of it; ``size_ratio`` = dense params / its params; ``latency_ratio`` = host fp32 p50 of the
+    dense-size program (the largest variant, when it has the dense model's parameter count) / its
+    p50, or None where either is unmeasured.
+    """
+
+    variant: Variant
+    dense_params: int
+    dense_accuracy: float
+    size_ratio: float
+    macs_ratio: float | None
+    latency_ratio: float | None
+    dense_program: str | None
+
+    def text(self) -> str:
+        """One line for people: size, latency and accuracy against dense."""
+        accuracy = self.variant.accuracy or 0.0
+        latency = f", {self.latency_ratio:.2f}x faster (host fp32)" if self.latency_ratio is not None else ""
+        return (f"{self.variant.name}: {self.size_ratio:.2f}x smaller than dense ({self.variant.params:,} vs "
+                f"{self.dense_params:,} params){latency}, accuracy {100 * accuracy:.1f}% vs dense "
+                f"{100 * self.dense_accuracy:.1f}%")
+
+
+def headline(portfolio: Portfolio, max_accuracy_drop: float = 0.01) -> Headline | None:
+    """The portfolio's :class:`Headline`, or None without round 0's accuracy or a variant that keeps it.
+
+    Example::
+
+        >>> import tempfile
+        >>> from lightning_shifter.portfolio import Portfolio, Variant, headline
+        >>> p = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 4))
+        >>> for r, (params, acc, ms) in enumerate([(1000, 0.97, 2.0), (200, 0.965, 0.5), (50, 0.90, 0.2)]):
+        ...     p.put_variant(Variant(f"round-{r:02d}", r, 0.5 ** r, params, 10 * params,
+        ...                           metrics={"val_acc_compacted": acc}, host={"fp32": {"p50_ms": ms}},
+        ...                           compaction={"params_before": 1000}))
+        >>> headline(p).text()
+        'round-01: 5.00x smaller than dense (200 vs 1,000 params), 4.00x faster (host fp32), accuracy 96.5% vs dense 97.0%'
+    """
+    rounds = {v.round: v for v in [*(s.variant for s in portfolio.skipped), *portfolio.variants]}
+    dense = rounds.get(0)
+    if dense is None or dense.accuracy is None:
+        return None
+    dense_params = int(dense.compaction.get("params_before", dense.params))
+    dense_accuracy = max([dense.accuracy, *(v.accuracy for v in rounds.values()
+                                            if v.params == dense_params and v.accuracy is not None)])
+    close = [v for v in portfolio.variants
+             if v.accuracy is not None and v.accuracy >= dense_accuracy - max_accuracy_drop]
+    if not close:
+        return None
+    best = min(close, key=lambda v: (v.params, -(v.accuracy or 0.0), v.round))
+    largest = max(portfolio.variants, key=lambda v: (v.params, v.accuracy or 0.0))
+    reference = largest if largest.params == dense_params else None
+    latency = None
+    if reference is not None:
+        ms = [v.host.get("fp32", {}).get("p50_ms") for v in (reference, best)]
+        if all(isinstance(m, (int, float)) and m > 0 for m in ms):
+            latency = ms[0] / ms[1]
+    macs = dense.macs / best.macs if dense.macs and best.macs else None
+    return Headline(best, dense_params, float(dense_accuracy), dense_params / best.params, macs, latency,
+                    None if reference is None else reference.name)
+
+
 class Portfolio:
     """A portfolio directory: read with :meth:`open`, start with :meth:`create`.
 
@@ -238,11 +399,13 @@ class Portfolio:
     """
 
     def __init__(self, root: str | os.PathLike, input_shape: Sequence[int], input_dtype: str = "float32",
-                 variants: Sequence[Variant] = (), extra: dict[str, Any] | None = None) -> None:
+                 variants: Sequence[Variant] = (), extra: dict[str, Any] | None = None,
+                 skipped: Sequence[Skipped] = ()) -> None:
         self.root = Path(root)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.input_dtype = input_dtype
         self._variants: dict[str, Variant] = {}
+        self._skipped: dict[str, Skipped] = {entry.variant.name: entry for entry in skipped}
         self.extra = dict(extra or {})
         for variant in variants:
             self._variants[variant.name] = variant
@@ -325,8 +488,13 @@ class Portfolio:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise PortfolioError(f"{where}: duplicate variant name(s) {duplicates}")
-        extra = {k: v for k, v in data.items() if k not in ("schema_version", "generator", "input", "variants")}
-        return cls(root, spec["shape"], dtype, variants, extra)
+        skipped_data = data.get("skipped", [])
+        if not isinstance(skipped_data, list):
+            raise PortfolioError(f"{where}: 'skipped' must be a list")
+        skipped = [Skipped.from_json(s, f"{where}: skipped[{i}]") for i, s in enumerate(skipped_data)]
+        extra = {k: v for k, v in data.items()
+                 if k not in ("schema_version", "generator", "input", "variants", "skipped")}
+        return cls(root, spec["shape"], dtype, variants, extra, skipped)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -337,6 +505,11 @@ class Portfolio:
     @property
     def names(self) -> list[str]:
         return [v.name for v in self.variants]
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        """Variants measured but not kept (see :func:`keep_decision`), in round order, with the reason."""
+        return sorted(self._skipped.values(), key=lambda s: (s.variant.round, s.variant.name))
 
     def __getitem__(self, name: str) -> Variant:
         try:
@@ -420,7 +593,10 @@ class Portfolio:
         return FileEntry(path=f"{name}/{target.name}", bytes=target.stat().st_size, sha256=sha256_file(target))
 
     def put_variant(self, variant: Variant) -> None:
-        """Add or replace a variant (by name) and save the manifest; its files must already exist."""
+        """Add or replace a variant (by name) and save the manifest; its files must already exist.
+
+        A skipped entry of the same name is dropped: the variant is in the portfolio now.
+        """
         previous = self._variants.get(variant.name)
         self._variants[variant.name] = variant
         try:
@@ -432,13 +608,75 @@ class Portfolio:
             else:
                 self._variants[variant.name] = previous
             raise
+        self._skipped.pop(variant.name, None)
         self.save()
 
-    def remove_variant(self, name: str) -> None:
-        """Unlist a variant and save the manifest; its files stay until overwritten."""
-        self[name]  # clear error for an unknown name
+    def remove_variant(self, name: str, delete_files: bool = False, reason: str | None = None) -> None:
+        """Unlist a variant and save the manifest.
+
+        Its files stay until overwritten, unless ``delete_files``: then they are deleted after the
+        manifest no longer lists them (a crash in between leaves unlisted files, never a listed
+        variant without its files). With a ``reason`` the variant is recorded in :attr:`skipped`.
+        """
+        variant = self[name]  # clear error for an unknown name
         del self._variants[name]
+        if reason is not None:
+            self._skipped[name] = Skipped(dataclasses.replace(variant, files={}), reason)
         self.save()
+        if delete_files:
+            self._delete_files(variant)
+
+    def admit(self, variant: Variant, policy: str, write_files: Callable[[], dict[str, FileEntry]]) -> KeepDecision:
+        """Add ``variant`` under a keep ``policy`` (:func:`keep_decision`) and save the manifest.
+
+        When the policy keeps it, ``write_files()`` writes its files (:meth:`write_file`) and returns
+        their entries, the variant is listed, then the variants it makes redundant are removed (files
+        included) and recorded in :attr:`skipped`. Otherwise nothing is written but its entry in
+        :attr:`skipped`. A listed variant of the same name is unlisted first: a crash at any point
+        leaves every listed variant with its files.
+
+        Example::
+
+            >>> import tempfile
+            >>> from lightning_shifter.portfolio import Portfolio, Variant
+            >>> p = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 4))
+            >>> for r, acc in enumerate([0.90, 0.93, 0.92]):  # three rounds of the same size
+            ...     v = Variant(f"round-{r:02d}", r, 0.8 ** r, 100, 100, metrics={"val_acc_compacted": acc})
+            ...     _ = p.admit(v, "distinct", lambda: {"pt2": p.write_file(v.name, "pt2", b"program")})
+            >>> p.names, [s.variant.name for s in p.skipped]
+            (['round-01'], ['round-00', 'round-02'])
+        """
+        decision = keep_decision(self.variants, variant, policy)
+        if variant.name in self:
+            self.remove_variant(variant.name, delete_files=not decision.keep)
+        if not decision.keep:
+            self.skip_variant(variant, decision.reason)
+            return decision
+        variant.files.update(write_files())
+        self.put_variant(variant)
+        for name, reason in decision.replaces.items():
+            self.remove_variant(name, delete_files=True, reason=reason)
+        return decision
+
+    def skip_variant(self, variant: Variant, reason: str) -> None:
+        """Record ``variant`` (measured, not kept) in :attr:`skipped` with ``reason`` and save the manifest."""
+        if variant.name in self._variants:
+            raise PortfolioError(f"variant {variant.name!r} is in the portfolio: remove it instead of skipping it")
+        self._skipped[variant.name] = Skipped(dataclasses.replace(variant, files={}), reason)
+        self.save()
+
+    def _delete_files(self, variant: Variant) -> None:
+        for entry in variant.files.values():
+            try:
+                self._resolve(entry.path, f"variant {variant.name!r}").unlink(missing_ok=True)
+            except (OSError, PortfolioError):
+                pass  # an unlisted file that cannot go is harmless; it is overwritten if the name returns
+        folder = self.root / variant.name
+        if folder.is_dir() and not folder.is_symlink():
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty: files someone else put there stay
 
     def update_variant(self, name: str, **changes: Any) -> Variant:
         """Merge ``changes`` into a variant (dict fields are merged key by key) and save the manifest."""
@@ -465,6 +703,8 @@ class Portfolio:
             **self.extra,
             "variants": [v.to_json() for v in self.variants],
         }
+        if self._skipped:
+            data["skipped"] = [entry.to_json() for entry in self.skipped]
         text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
         atomic_write(self.root / MANIFEST_NAME, text.encode("utf-8"))
 

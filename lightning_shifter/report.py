@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_shifter.portfolio import Portfolio, Variant
+from lightning_shifter.portfolio import Portfolio, Variant, headline
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -38,6 +38,8 @@ table { border-collapse: collapse; font-size: 0.85rem; width: 100%; }
 th, td { padding: 0.3rem 0.5rem; border-bottom: 1px solid #e3e6ec; text-align: right; white-space: nowrap; }
 th { background: #f4f6f9; } td:first-child, th:first-child { text-align: left; }
 tr.front td { font-weight: 600; } .note { color: #5a6477; font-size: 0.9rem; }
+.headline { border-left: 4px solid #2b6cb0; padding: 0.2rem 1rem; background: #f3f7fc; }
+.lead { font-size: 1.05rem; margin: 0.4rem 0; }
 """
 
 
@@ -45,6 +47,7 @@ def write_report(
     portfolio_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     sessions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write ``index.html`` and its PNG figures into ``out_dir`` (default ``<portfolio>/report``).
 
@@ -52,6 +55,7 @@ def write_report(
         portfolio_dir: a portfolio directory (its files are verified by size, not re-hashed).
         out_dir: where to write; created if needed.
         sessions: switching-session logs by title (see the module docstring), plotted as timelines.
+        notes: sentences shown under the headline (e.g. the original DNNShifter rule on the same masks).
 
     Returns:
         The path of the HTML page.
@@ -94,7 +98,7 @@ def write_report(
         figures.append((name, f"Switching session: {title}", _plot_session(events, title, out / name)))
 
     page = out / "index.html"
-    page.write_text(_html(portfolio, figures, out), encoding="utf-8")
+    page.write_text(_html(portfolio, figures, out, notes), encoding="utf-8")
     return page
 
 
@@ -209,7 +213,7 @@ def _host_p50(variant: Variant) -> float | None:
 
 
 # ----------------------------------------------------------------------------- page
-def _html(portfolio: Portfolio, figures: list[tuple[str, str, str]], out: Path) -> str:
+def _html(portfolio: Portfolio, figures: list[tuple[str, str, str]], out: Path, notes: Sequence[str] = ()) -> str:
     dense = max(portfolio.variants, key=lambda v: v.params)
     front = {v.name for v in portfolio.pareto_front()}
     parts = [
@@ -220,6 +224,7 @@ def _html(portfolio: Portfolio, figures: list[tuple[str, str, str]], out: Path) 
         f"<p class='sub'>{len(portfolio)} variants, input {list(portfolio.input_shape)} {portfolio.input_dtype}; "
         f"the smallest has {dense.params / max(min(v.params for v in portfolio.variants), 1):.1f}x fewer "
         "parameters than the largest.</p>",
+        _headline(portfolio, notes),
     ]
     for file_name, title, caption in figures:
         data = base64.b64encode((out / file_name).read_bytes()).decode("ascii")
@@ -233,6 +238,19 @@ def _html(portfolio: Portfolio, figures: list[tuple[str, str, str]], out: Path) 
                  "Exactness error is the largest difference between the compacted and the sparse model seen while "
                  "verifying.</p></body></html>")
     return "\n".join(parts)
+
+
+def _headline(portfolio: Portfolio, notes: Sequence[str]) -> str:
+    """The lead: the smallest variant that kept the dense model's accuracy, against dense."""
+    found = headline(portfolio)
+    if found is None:
+        text = "No variant is within 1 accuracy point of the dense model (or round 0 was not evaluated)."
+    else:
+        text = f"Headline: {found.text()}."
+        if portfolio.skipped:
+            text += f" {len(portfolio.skipped)} rounds were not kept (see the manifest's skipped entries)."
+    items = "".join(f"<p class='lead'>{html.escape(line)}</p>" for line in (text, *notes))
+    return f"<section class='headline'>{items}</section>"
 
 
 def _variants_table(portfolio: Portfolio, front: set[str], dense: Variant) -> str:

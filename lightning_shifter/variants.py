@@ -31,7 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_shifter import masks
 from lightning_shifter.compaction import compact, materialized_copy
-from lightning_shifter.portfolio import Portfolio, PortfolioError, Variant, validate_variant_name
+from lightning_shifter.portfolio import FileEntry, Portfolio, PortfolioError, Variant, keep_decision, validate_variant_name
 
 Unpack = Callable[[Any], tuple[Tensor, Tensor]]
 
@@ -99,6 +99,7 @@ def add_variant(
     check_inputs: Tensor | tuple[Tensor, ...] | None = None,
     val_data: Iterable[Any] | None = None,
     unpack: Unpack = default_unpack,
+    keep: str = "all",
 ) -> Variant:
     """Compact a sparse model and save it into ``portfolio`` as the variant ``name``.
 
@@ -123,9 +124,15 @@ def add_variant(
         val_data: re-iterable validation batches (a ``DataLoader`` or a list) to measure the sparse
             and the compacted model's accuracy on.
         unpack: batch -> ``(inputs, targets)``.
+        keep: the portfolio's keep policy (:func:`~lightning_shifter.portfolio.keep_decision`):
+            ``"all"`` saves every variant; ``"distinct"`` and ``"pareto"`` save it only if no variant
+            already kept makes it redundant (else it is recorded in ``portfolio.skipped`` with the
+            reason, and nothing is exported), and remove (files included) the kept variants it makes
+            redundant.
 
     Returns:
-        The :class:`~lightning_shifter.portfolio.Variant` as recorded in the manifest.
+        The :class:`~lightning_shifter.portfolio.Variant` as measured; it is in the portfolio unless
+        the keep policy skipped it (``variant.name not in portfolio``).
 
     Example::
 
@@ -152,6 +159,7 @@ def add_variant(
         ['round-01']
     """
     validate_variant_name(name)
+    keep_decision([], Variant(name, 0, 1.0, 0, 0), keep)  # an unknown policy fails before any work
     if not isinstance(round, int) or isinstance(round, bool) or round < 0:
         raise ValueError(f"round must be a non-negative integer, got {round!r}")
     example_inputs = _check_example(portfolio, example_inputs)
@@ -176,25 +184,22 @@ def add_variant(
     compacted = result.module.eval()
     if val_data is not None:
         measured["val_acc_compacted"] = evaluate_accuracy(compacted, val_data, unpack)
-    program = torch.export.export(compacted, example_inputs)
-
-    # Unlisted before its files are overwritten: a crash in between leaves the variant missing (and
-    # redone on resume), never listed with a file that fails its sha256.
-    if name in portfolio:
-        portfolio.remove_variant(name)
-    entry = portfolio.write_file(name, "pt2", lambda f: torch.export.save(program, f))
     variant = Variant(
         name=name,
         round=round,
         density=float(density),
         params=result.report.params_after,
         macs=result.report.macs_after,
-        files={"pt2": entry},
         metrics=measured,
         exactness_error=float(result.report.max_abs_error),
         compaction=result.report.summary(),
     )
-    portfolio.put_variant(variant)
+
+    def export() -> dict[str, FileEntry]:  # only for a variant the policy keeps
+        program = torch.export.export(compacted, example_inputs)
+        return {"pt2": portfolio.write_file(name, "pt2", lambda f: torch.export.save(program, f))}
+
+    portfolio.admit(variant, keep, export)
     return variant
 
 

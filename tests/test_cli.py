@@ -211,9 +211,12 @@ def _config(tmp_path: Path) -> Path:
             "callbacks": [
                 {"class_path": "lightning_shifter.IterativeMagnitudePruning",
                  "init_args": {"rounds": 1, "epochs_per_round": 1, "rewind_step": 2, "verbose": False,
-                               "summary_file": None}},
+                               "summary_file": None,
+                               "criterion": {"class_path": "lightning_shifter.criteria.ChannelAwareMagnitude",
+                                             "init_args": {"alpha": 2.0}}}},
                 {"class_path": "lightning_shifter.Compaction",
-                 "init_args": {"portfolio_dir": str(tmp_path / "portfolio"), "example_input_shape": [1, 1, 8, 8]}},
+                 "init_args": {"portfolio_dir": str(tmp_path / "portfolio"), "example_input_shape": [1, 1, 8, 8],
+                               "keep": "all"}},
                 {"class_path": "lightning_shifter.ExecuTorchExport",
                  "init_args": {"precisions": ["fp32"], "runs": 2, "warmup": 1}},
             ],
@@ -234,6 +237,9 @@ def test_fit_runs_a_config_with_the_shifter_callbacks(tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert [c["class_path"] for c in printed["trainer"]["callbacks"]] == [
         "lightning_shifter.IterativeMagnitudePruning", "lightning_shifter.Compaction", "lightning_shifter.ExecuTorchExport"]
+    imp = printed["trainer"]["callbacks"][0]["init_args"]
+    assert imp["criterion"] == {"class_path": "lightning_shifter.criteria.ChannelAwareMagnitude",
+                                "init_args": {"alpha": 2.0, "inputs": True}}
     assert main(["fit", "--config", str(config)]) == 0
     portfolio = Portfolio.open(tmp_path / "portfolio")
     assert portfolio.names == ["round-00", "round-01"]

@@ -61,7 +61,7 @@ class LogLines(logging.Handler):
 def run(tmp_path_factory) -> SimpleNamespace:
     """One uninterrupted fit with IMP + Compaction, shared by the end-to-end tests."""
     root = tmp_path_factory.mktemp("run")
-    pruning, compaction, lines = imp(), Compaction(root / "portfolio", example_input_shape=SHAPE), LogLines()
+    pruning, compaction, lines = imp(), Compaction(root / "portfolio", example_input_shape=SHAPE, keep="all"), LogLines()
     logger = logging.getLogger("lightning.pytorch")
     logger.addHandler(lines)
     try:
@@ -142,7 +142,7 @@ def test_a_killed_and_resumed_run_lists_each_round_once(run: SimpleNamespace, tm
     portfolio_dir, checkpoints = tmp_path / "portfolio", tmp_path / "checkpoints"
 
     def callbacks(*extra: Callback) -> list[Callback]:
-        return [imp(), Compaction(portfolio_dir, example_input_shape=SHAPE), *extra,
+        return [imp(), Compaction(portfolio_dir, example_input_shape=SHAPE, keep="all"), *extra,
                 ModelCheckpoint(dirpath=checkpoints, save_last=True)]
 
     with pytest.raises(RuntimeError, match="killed"):
@@ -234,7 +234,7 @@ def test_a_failure_on_rank_zero_stops_every_rank(tmp_path: Path, monkeypatch) ->
 
 
 def test_a_saved_round_is_not_redone_and_a_lost_one_is(tmp_path: Path, monkeypatch) -> None:
-    callback, calls = ready(tmp_path, evaluate=False), []
+    callback, calls = ready(tmp_path, evaluate=False, keep="all"), []
     real_add_variant = compaction_module.add_variant
     monkeypatch.setattr(compaction_module, "add_variant", lambda *a, **k: calls.append(k["name"]) or real_add_variant(*a, **k))
     callback.on_pruning_round_end(fake_trainer(0), Tiny(), record(0))
@@ -247,7 +247,7 @@ def test_a_saved_round_is_not_redone_and_a_lost_one_is(tmp_path: Path, monkeypat
 
 
 def test_what_other_callbacks_add_between_rounds_is_kept(tmp_path: Path) -> None:
-    callback = ready(tmp_path, evaluate=False)
+    callback = ready(tmp_path, evaluate=False, keep="all")
     callback.on_pruning_round_end(fake_trainer(0), Tiny(), record(0))
     Portfolio.open(tmp_path / "portfolio").update_variant("round-00", host={"fp32": {"p50_ms": 0.1}})  # e.g. export
     callback.on_pruning_round_end(fake_trainer(0), Tiny(), record(1))

@@ -15,8 +15,8 @@ from lightning_shifter.portfolio import Portfolio
 from lightning_shifter.report import load_session
 from lightning_shifter.runtime import LatencyBudget, Option, Switcher
 
-SMALL = ["--rounds", "2", "--width", "4", "--epochs-per-round", "1", "--rewind-step", "5", "--session-seconds", "2",
-         "--runner-runs", "5", "--no-progress"]
+SMALL = ["--rounds", "2", "--width", "4", "--image-size", "8", "--epochs-per-round", "1", "--rewind-step", "5",
+         "--session-seconds", "2", "--runner-runs", "5", "--no-progress"]
 
 
 def _pick(options: list[Option], key) -> tuple[str, str]:
@@ -31,7 +31,9 @@ def test_small_demo_makes_every_artefact(tmp_path, capsys):
     printed = capsys.readouterr().out
 
     portfolio = Portfolio.open(out / "portfolio")  # every listed file verified by sha256
-    assert portfolio.names == ["round-00", "round-01", "round-02"]
+    # every round is a variant or a skipped entry; no two variants have the same size (keep="distinct")
+    assert sorted([*portfolio.names, *(s.variant.name for s in portfolio.skipped)]) == ["round-00", "round-01", "round-02"]
+    assert len({v.params for v in portfolio.variants}) == len(portfolio)
     for v in portfolio.variants:
         assert {"pt2", "fp32", "int8"} <= set(v.files)
         assert (out / "portfolio" / v.name / "model.pte").stat().st_size > 1000
@@ -40,7 +42,8 @@ def test_small_demo_makes_every_artefact(tmp_path, capsys):
         assert v.host["fp32"]["p50_ms"] > 0 and v.host["int8"]["p50_ms"] > 0
         assert v.devices["host-native"]["fp32"]["p50_ms"] > 0  # the native runner, through LocalDevice
         assert v.devices["host-native"]["int8"]["p50_ms"] > 0
-    assert [round(v.density, 2) for v in portfolio.variants] == [1.0, 0.7, 0.49]
+    densities = {v.round: round(v.density, 2) for v in [*portfolio.variants, *(s.variant for s in portfolio.skipped)]}
+    assert densities == {0: 1.0, 1: 0.14, 2: 0.02}  # --final-density 0.02 in 2 rounds
 
     # the host session followed the budget: in every phase it ran what the policy picks for that budget,
     # among the Pareto-front programs the demo switches between, from their measured latencies
@@ -64,14 +67,25 @@ def test_small_demo_makes_every_artefact(tmp_path, capsys):
     native = load_session(out / "sessions" / "native-runner-host-native.json")
     assert native[0]["variant"] and native[-1]["t"] >= 2.0
 
+    # every program the policy chose met the budget of its phase (median over the phase: noise aside)
+    for phase_budget in {e["budget_ms"] for e in host}:
+        latencies = sorted(e["latency_ms"] for e in host if e["budget_ms"] == phase_budget)
+        assert latencies[len(latencies) // 2] <= phase_budget
+
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["native_runner"] == "ok"
+    headline = summary["headline"]  # the smallest variant within 1 point of the best dense-size model
+    assert headline["variant"] in portfolio.names and headline["accuracy"] >= headline["dense_accuracy"] - 0.01
+    assert headline["size_ratio"] == headline["dense_params"] / portfolio[headline["variant"]].params
+    assert headline["original_size_ratio"] >= 1.0 and "original_max_error" in headline
     assert summary["switching"]["host ExecuTorch Switcher"]["inferences"] == len(host)
     page = out / "report" / "index.html"
     html = page.read_text()
     assert html.count("data:image/png;base64") == 4  # trade-off, per-layer, two switching sessions
-    assert "round-02" in html
+    assert "Headline: " + headline["variant"] in html and "original DNNShifter rule on the same masks" in html
+    assert html.index("Headline") < html.index("<figure>")  # the report leads with it
     assert "Portfolio" in printed and "Switching under a latency budget" in printed and "runner fp32 ms" in printed
+    assert printed.index("Headline") < printed.index("Portfolio /")  # so does the printed summary
     assert printed.rstrip().endswith(f"report: {page}")
 
 
@@ -86,8 +100,9 @@ def _failing_build(tmp_path):
 def test_demo_without_a_runner_says_why_and_still_finishes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "BUILD_SCRIPT", _failing_build(tmp_path))
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--rounds", "1", "--width", "4", "--epochs-per-round", "1",
-                 "--rewind-step", "5", "--precisions", "fp32", "--session-seconds", "0.5", "--no-progress"]) == 0
+    assert main(["demo", "--out", str(out), "--rounds", "1", "--width", "4", "--image-size", "8",
+                 "--epochs-per-round", "1", "--rewind-step", "5", "--precisions", "fp32", "--session-seconds", "0.5",
+                 "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "native runner skipped" in printed and "CMake >= 3.28 is needed" in printed
     assert "nlohmann-json3-dev" in printed  # what to install
@@ -112,15 +127,17 @@ def test_prepare_runner_finds_an_existing_build_outside_a_checkout(tmp_path, mon
         demo.prepare_runner(LocalDevice(tmp_path / "device"))
 
 
-def test_budget_schedule_drops_below_every_program_and_rises_again():
-    options = [Option("a", "fp32", 0.99, 4.0, None), Option("b", "fp32", 0.97, 1.0, None),
-               Option("c", "int8", None, 2.0, None)]
+def test_budget_schedule_drops_and_rises_and_every_choice_meets_its_budget():
+    options = [Option("a", "fp32", 0.99, 4.0, None), Option("b", "fp32", 0.97, 1.5, None),
+               Option("c", "int8", 0.90, 0.5, None), Option("d", "int8", None, 2.0, None)]
     points = demo.budget_schedule(options, duration_s=8.0)
     assert [t for t, _ in points] == [0.0, 2.0, 4.0, 6.0]
-    generous, below_best, below_all, again = (budget for _, budget in points)
-    assert generous >= 4.0 and again == generous
-    assert 2.0 < below_best < 4.0  # "a" (the most accurate) no longer fits, "b" and "c" do
-    assert below_all < 1.0
+    by_name = {o.name: o for o in options}
+    chosen = [by_name[LatencyBudget().choose(options, {"latency_budget_ms": budget}).name] for _, budget in points]
+    assert [c.name for c in chosen] == ["a", "b", "c", "a"]  # drops to the headline-like b, the fastest c, back
+    assert all(c.latency_ms * 1.3 <= budget + 1e-12 for c, (_, budget) in zip(chosen, points))  # room for noise
+    only = demo.budget_schedule(options[:1], duration_s=3.0)
+    assert [LatencyBudget().choose(options[:1], {"latency_budget_ms": b}).name for _, b in only] == ["a"] * 3
     with pytest.raises(ValueError, match="export and measure"):
         demo.budget_schedule([], 1.0)
 

@@ -16,6 +16,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_shifter import IterativeMagnitudePruning, RoundRecord
+from lightning_shifter.criteria import ChannelAwareMagnitude, magnitude
+from lightning_shifter.imp import prune_fraction_for
 from lightning_shifter.demo import DigitsResNet
 from lightning_shifter.masks import dead_output_channels, keep_count
 
@@ -129,11 +131,13 @@ class Probe(Callback):
         self.notified.append(record)
 
 
-def test_rounds_densities_masks_and_rewinding(digits, make_trainer, tmp_path, capsys):
+@pytest.mark.parametrize("criterion", [magnitude, ChannelAwareMagnitude(alpha=2.0)], ids=["magnitude", "channel"])
+def test_rounds_densities_masks_and_rewinding(digits, make_trainer, tmp_path, capsys, criterion):
     pl.seed_everything(0)
     model = DigitsResNet(width=4, schedule_epochs=2)
     imp = IterativeMagnitudePruning(
-        target_densities=[0.5, 0.1, 0.02], epochs_per_round=2, rewind_step=3, summary_file=tmp_path / "imp.json"
+        target_densities=[0.5, 0.1, 0.02], epochs_per_round=2, rewind_step=3, summary_file=tmp_path / "imp.json",
+        criterion=criterion,
     )
     probe, logger = Probe(imp), ListLogger()
     trainer = make_trainer(max_epochs=50, callbacks=[imp, probe], logger=logger)
@@ -249,11 +253,11 @@ def test_masks_hold_after_every_step_under_manual_optimization(digits, make_trai
     assert model.checked == 6 * 2 * 2  # 6 batches of round 1, 2 steps each, 2 masked weights
 
 
-def _resume_run(digits, make_trainer, ckpt_dir, ckpt_path=None):
+def _resume_run(digits, make_trainer, ckpt_dir, ckpt_path=None, criterion=magnitude):
     pl.seed_everything(0)
     model = DigitsResNet(width=4, schedule_epochs=2)
     imp = IterativeMagnitudePruning(target_densities=[0.05, 0.02], epochs_per_round=2, rewind_step=3,
-                                    summary_file=None, verbose=False)
+                                    summary_file=None, verbose=False, criterion=criterion)
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     trainer = make_trainer(max_epochs=10, callbacks=[imp, checkpoints], enable_checkpointing=True)
     trainer.fit(model, datamodule=digits, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
@@ -265,20 +269,21 @@ def _without_time(records: list[RoundRecord]) -> list[tuple]:
 
 
 @pytest.mark.parametrize(
-    "epoch",
+    "epoch, criterion",
     [
-        pytest.param(1, id="round-boundary-before-prune"),
-        pytest.param(2, id="mid-round-after-prune"),
-        pytest.param(5, id="after-the-last-round"),
+        pytest.param(1, magnitude, id="round-boundary-before-prune"),
+        pytest.param(2, magnitude, id="mid-round-after-prune"),
+        pytest.param(5, magnitude, id="after-the-last-round"),
+        pytest.param(2, ChannelAwareMagnitude(alpha=2.0), id="mid-round-after-prune-channel-aware"),
     ],
 )
-def test_resume_reproduces_the_uninterrupted_run(digits, make_trainer, tmp_path, epoch):
-    full_model, full_imp = _resume_run(digits, make_trainer, tmp_path / "full")
+def test_resume_reproduces_the_uninterrupted_run(digits, make_trainer, tmp_path, epoch, criterion):
+    full_model, full_imp = _resume_run(digits, make_trainer, tmp_path / "full", criterion=criterion)
     ckpt = tmp_path / "full" / f"epoch={epoch}.ckpt"
     state = torch.load(ckpt, weights_only=True)["callbacks"]["IterativeMagnitudePruning"]
     assert state["current_round"] == epoch // 2 and len(state["records"]) == (epoch + 1) // 2
 
-    model, imp = _resume_run(digits, make_trainer, tmp_path / "resumed", ckpt_path=ckpt)
+    model, imp = _resume_run(digits, make_trainer, tmp_path / "resumed", ckpt_path=ckpt, criterion=criterion)
     _assert_same(model.state_dict(), full_model.state_dict(), "model")
     _assert_same(imp.masks, full_imp.masks, "masks")
     _assert_same(imp.norm_masks, full_imp.norm_masks, "norm_masks")
@@ -286,11 +291,16 @@ def test_resume_reproduces_the_uninterrupted_run(digits, make_trainer, tmp_path,
     assert _without_time(imp.records) == _without_time(full_imp.records)
 
 
-def test_resume_with_another_schedule_is_refused(digits, make_trainer, tmp_path):
+def test_resume_with_another_schedule_or_criterion_is_refused(digits, make_trainer, tmp_path):
     _resume_run(digits, make_trainer, tmp_path / "full")
     imp = IterativeMagnitudePruning(target_densities=[0.05, 0.01], epochs_per_round=2, rewind_step=3)
     trainer = make_trainer(max_epochs=8, callbacks=[imp])
     with pytest.raises(MisconfigurationException, match="different pruning schedule"):
+        trainer.fit(DigitsResNet(width=4), datamodule=digits, ckpt_path=tmp_path / "full" / "epoch=2.ckpt")
+    imp = IterativeMagnitudePruning(target_densities=[0.05, 0.02], epochs_per_round=2, rewind_step=3,
+                                    criterion=ChannelAwareMagnitude(alpha=2.0))
+    trainer = make_trainer(max_epochs=8, callbacks=[imp])
+    with pytest.raises(MisconfigurationException, match=r"criterion magnitude, this callback has ChannelAwareMagnitude"):
         trainer.fit(DigitsResNet(width=4), datamodule=digits, ckpt_path=tmp_path / "full" / "epoch=2.ckpt")
 
 
@@ -309,12 +319,24 @@ def test_resume_with_another_schedule_is_refused(digits, make_trainer, tmp_path)
         (dict(), "give the schedule"),
         (dict(rounds=0), "rounds must be a positive integer"),
         (dict(rounds=2, rewind_step=-1), "rewind_step must be a non-negative integer"),
+        (dict(rounds=2, final_density=0.01, prune_fraction=0.5), "prune_fraction or final_density, not both"),
+        (dict(rounds=2, final_density=1.5), r"final_density must lie in \(0, 1\)"),
+        (dict(target_densities=[0.5], final_density=0.1), "not both"),
+        (dict(rounds=2, criterion="magnitude"), "criterion must be a callable"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     kwargs.setdefault("epochs_per_round", 1)
     with pytest.raises(MisconfigurationException, match=message):
         IterativeMagnitudePruning(**kwargs)
+
+
+def test_final_density_sets_the_fraction_per_round():
+    imp = IterativeMagnitudePruning(rounds=15, final_density=0.005, epochs_per_round=1)
+    assert imp.target_densities[-1] == pytest.approx(0.005)
+    assert imp.target_densities[1] == pytest.approx(1 - prune_fraction_for(0.005, 15))
+    ratios = [b / a for a, b in zip(imp.target_densities, imp.target_densities[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))  # the same fraction every round
 
 
 def test_epochs_per_round_must_be_positive():
@@ -363,8 +385,9 @@ def test_demo_command(tmp_path, capsys):
     from lightning_shifter.cli import main
 
     out = tmp_path / "demo"
-    args = ["demo", "--rounds", "1", "--epochs-per-round", "1", "--rewind-step", "5", "--no-progress",
-            "--width", "8", "--precisions", "fp32", "--runner", "skip", "--session-seconds", "0.5"]
+    args = ["demo", "--rounds", "1", "--final-density", "0.5", "--epochs-per-round", "1", "--rewind-step", "5",
+            "--no-progress", "--width", "8", "--image-size", "8", "--precisions", "fp32", "--runner", "skip",
+            "--session-seconds", "0.5"]
     assert main([*args, "--out", str(out)]) == 0
     summary = json.loads(next(out.rglob("imp_rounds.json")).read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1]

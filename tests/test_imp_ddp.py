@@ -14,9 +14,10 @@ SCRIPT = Path(__file__).parent / "scripts" / "imp_ddp.py"
 
 
 @pytest.mark.slow  # two processes starting Lightning + gloo: ~35 s on 2 cores
-def test_ddp_ranks_share_masks(tmp_path):
+@pytest.mark.parametrize("criterion", ["magnitude", "channel"])
+def test_ddp_ranks_share_masks(tmp_path, criterion):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), criterion], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_shifter.imp import IterativeMagnitudePruning
-from lightning_shifter.portfolio import Portfolio, PortfolioError
+from lightning_shifter.portfolio import KEEP_POLICIES, Portfolio, PortfolioError
 from lightning_shifter.variants import add_variant, default_unpack, variant_name
 
 
@@ -47,6 +47,11 @@ class Compaction(Callback):
             logits) on the validation data. The full validation set of the datamodule, the module
             or ``fit(val_dataloaders=...)`` is used (the first loader if there are several).
         unpack_batch: batch -> ``(inputs, targets)``; by default ``(batch[0], batch[1])``.
+        keep: which rounds become variants (:func:`~lightning_shifter.portfolio.keep_decision`).
+            ``"distinct"`` (default): one variant per compacted size, the most accurate one; IMP makes
+            many full-size rounds before compaction starts to pay, and they would only be copies.
+            ``"pareto"``: only the accuracy / size Pareto front. ``"all"``: every round. A round not
+            kept (or replaced later) is listed with the reason in the manifest's ``skipped`` entries.
 
     Example::
 
@@ -69,6 +74,7 @@ class Compaction(Callback):
         input_dtype: str = "float32",
         evaluate: bool = True,
         unpack_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        keep: str = "distinct",
     ) -> None:
         if example_input_shape is not None:
             example_input_shape = tuple(example_input_shape)
@@ -81,7 +87,10 @@ class Compaction(Callback):
                 )
         if not isinstance(getattr(torch, str(input_dtype), None), torch.dtype):
             raise MisconfigurationException(f"input_dtype {input_dtype!r} is not a torch dtype name such as 'float32'")
+        if keep not in KEEP_POLICIES:
+            raise MisconfigurationException(f"keep={keep!r} is not a keep policy; use one of {KEEP_POLICIES}")
         self.portfolio_dir = Path(portfolio_dir)
+        self.keep = keep
         self.example_input_shape = example_input_shape
         self.input_dtype = input_dtype
         self.evaluate = evaluate
@@ -129,7 +138,8 @@ class Compaction(Callback):
             try:
                 # read afresh: other callbacks may have updated the manifest since the last round
                 portfolio = Portfolio.open(self.portfolio_dir, verify=False)
-                if not (record.round in self.saved_rounds and name in portfolio):
+                handled = name in portfolio or any(s.variant.name == name for s in portfolio.skipped)
+                if not (record.round in self.saved_rounds and handled):
                     with _untouched_rng(pl_module.device):
                         self._save(trainer, pl_module, portfolio, record, name)
             except Exception as err:
@@ -156,13 +166,17 @@ class Compaction(Callback):
         val_data = _first_loader(_val_source(trainer).dataloader()) if self.evaluate else None
         variant = add_variant(
             portfolio, pl_module, example, name=name, round=record.round, density=record.density,
-            val_data=val_data, unpack=self.unpack_batch,
+            val_data=val_data, unpack=self.unpack_batch, keep=self.keep,
         )
         numbers = {"params": variant.params, "macs": variant.macs, "exactness_error": variant.exactness_error}
         numbers.update(variant.metrics)
         for logger in trainer.loggers:
             logger.log_metrics({f"compaction/{k}": v for k, v in numbers.items()}, step=trainer.global_step)
         accuracy = ", ".join(f"{k} {v:.4f}" for k, v in variant.metrics.items())
+        if name not in portfolio:
+            reason = next(s.reason for s in portfolio.skipped if s.variant.name == name)
+            rank_zero_info(f"Compaction: {name} not kept (keep={self.keep!r}): {reason}")
+            return
         rank_zero_info(
             f"Compaction: saved {name} (density {variant.density:.4f}, params "
             f"{variant.compaction.get('params_before', '?')} -> {variant.params}, MACs {variant.macs}"

@@ -1,6 +1,6 @@
 """2-process CPU DDP run of IterativeMagnitudePruning; each rank writes a digest of its masks.
 
-Usage: python imp_ddp.py OUT_DIR. Lightning re-launches this script for rank 1. Rank 1's weights
+Usage: python imp_ddp.py OUT_DIR [magnitude|channel]. Lightning re-launches this script for rank 1. Rank 1's weights
 are perturbed before every prune, so masks computed per rank would differ: identical digests show
 that rank 0's masks are broadcast.
 """
@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_shifter import IterativeMagnitudePruning
+from lightning_shifter.criteria import ChannelAwareMagnitude, magnitude
 from lightning_shifter.demo import DigitsDataModule, DigitsResNet
 
 
@@ -45,10 +46,11 @@ class Digest(Callback):
         }))
 
 
-def main(out: Path) -> None:
+def main(out: Path, criterion: str) -> None:
     pl.seed_everything(0)
     imp = IterativeMagnitudePruning(rounds=2, epochs_per_round=1, rewind_step=2, summary_file=out / "imp.json",
-                                    verbose=False)
+                                    verbose=False,
+                                    criterion=ChannelAwareMagnitude(alpha=2.0) if criterion == "channel" else magnitude)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_train_batches=4, limit_val_batches=1, num_sanity_val_steps=0,
@@ -57,4 +59,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "magnitude")
