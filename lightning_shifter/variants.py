@@ -22,6 +22,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -109,6 +111,10 @@ def add_variant(
     the same name in ``manifest.json``. The old entry is unlisted before its file is overwritten, so
     a crash at any point never leaves a listed variant whose file does not match.
 
+    The ``model.pt2`` bytes depend only on the program (the same model and example give the same
+    file in any process), so a variant saved again unchanged keeps its exported ExecuTorch programs
+    and their measurements, and :func:`~lightning_shifter.export.export_portfolio` skips it.
+
     Args:
         portfolio: where to save (:meth:`Portfolio.create` makes or opens one).
         model: the sparse model (pruned weights are zeros).
@@ -177,25 +183,64 @@ def add_variant(
     if val_data is not None:
         measured["val_acc_compacted"] = evaluate_accuracy(compacted, val_data, unpack)
     program = torch.export.export(compacted, example_inputs)
+    data = _program_bytes(program)
 
-    # Unlisted before its files are overwritten: a crash in between leaves the variant missing (and
-    # redone on resume), never listed with a file that fails its sha256.
-    if name in portfolio:
-        portfolio.remove_variant(name)
-    entry = portfolio.write_file(name, "pt2", lambda f: torch.export.save(program, f))
+    previous = portfolio[name] if name in portfolio else None
+    if previous is not None and _same_program(portfolio, previous, data):
+        # the same model.pt2: its programs, their accuracies and timings stay valid
+        files, host, devices = previous.files, previous.host, previous.devices
+        measured = {**{k: v for k, v in previous.metrics.items() if k in _PROGRAM_METRICS}, **measured}
+    else:
+        # Unlisted before its files are overwritten: a crash in between leaves the variant missing (and
+        # redone on resume), never listed with a file that fails its sha256.
+        if previous is not None:
+            portfolio.remove_variant(name)
+        files, host, devices = {"pt2": portfolio.write_file(name, "pt2", data)}, {}, {}
     variant = Variant(
         name=name,
         round=round,
         density=float(density),
         params=result.report.params_after,
         macs=result.report.macs_after,
-        files={"pt2": entry},
+        files=files,
         metrics=measured,
         exactness_error=float(result.report.max_abs_error),
         compaction=result.report.summary(),
+        host=host,
+        devices=devices,
     )
     portfolio.put_variant(variant)
     return variant
+
+
+# accuracies export_portfolio measures on a variant's programs
+_PROGRAM_METRICS = ("val_acc_fp32", "val_acc_int8")
+
+
+def _program_bytes(program: torch.export.ExportedProgram) -> bytes:
+    """The ``.pt2`` file of ``program``, the same bytes for the same program in any process."""
+    # Node provenance ("from_node") names the graphs a node passed through by their id(): memory
+    # addresses that differ from run to run. Nothing downstream reads it.
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("from_node", None)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _same_program(portfolio: Portfolio, variant: Variant, data: bytes) -> bool:
+    """Whether ``variant`` is listed with exactly this ``model.pt2`` and all its files are intact."""
+    entry = variant.files.get("pt2")
+    if entry is None or entry.sha256 != hashlib.sha256(data).hexdigest():
+        return False
+    try:
+        for role in variant.files:
+            portfolio.verify_file(variant.name, role)
+    except PortfolioError:
+        return False
+    return True
 
 
 def _as_tuple(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
