@@ -144,7 +144,7 @@ class IterativeMagnitudePruning(Callback):
         >>> trainer = pl.Trainer(max_epochs=imp.epochs_needed, callbacks=[imp], logger=False,
         ...                      enable_checkpointing=False, enable_progress_bar=False,
         ...                      enable_model_summary=False, limit_train_batches=8, limit_val_batches=2)
-        >>> trainer.fit(DigitsResNet(width=4), datamodule=DigitsDataModule())
+        >>> trainer.fit(DigitsResNet(width=4, schedule_epochs=1), datamodule=DigitsDataModule())
         >>> [round(r.target_density, 2) for r in imp.records]
         [1.0, 0.8, 0.64]
     """
@@ -321,7 +321,7 @@ class IterativeMagnitudePruning(Callback):
         self._show_whole_fit(trainer)
         self._release_schedulers(trainer)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero and self._unfinished():
-            rank_zero_warn(self._unfinished_message("it was interrupted (KeyboardInterrupt)"))
+            rank_zero_warn(self._unfinished_message("it was interrupted (KeyboardInterrupt)", "resume it"))
 
     def _show_whole_fit(self, trainer: pl.Trainer) -> None:
         if self._full_max_epochs is not None:
@@ -558,10 +558,10 @@ class IterativeMagnitudePruning(Callback):
             every = f"{'' if config.frequency == 1 else f'{config.frequency} '}{config.interval}"
             warnings.append(
                 f"{type(config.scheduler).__name__} (learning-rate scheduler {index}, stepped every {every}) is "
-                f"{length} steps long, but a pruning round steps it {per_round:g} times: every round rewinds it "
+                f"{length} steps long, but a pruning round steps it {_times(per_round)}: every round rewinds it "
                 "before its later part runs. In configure_optimizers, size it from self.trainer.max_epochs or "
                 "self.trainer.estimated_stepping_batches (they show one round there) instead of a fixed length, "
-                f"or from the round ({self.epochs_per_round} epochs, {steps} optimizer steps)"
+                f"or from the round ({_count(self.epochs_per_round, 'epoch')}, {_count(steps, 'optimizer step')})"
             )
         return warnings
 
@@ -588,11 +588,11 @@ class IterativeMagnitudePruning(Callback):
     def _unfinished(self) -> bool:
         return len(self.records) < self.num_rounds + 1
 
-    def _unfinished_message(self, cause: str) -> str:
+    def _unfinished_message(self, cause: str, remedy: str = "remove what stopped the fit and resume it") -> str:
         return (
             f"IterativeMagnitudePruning: the fit ended after {len(self.records)} of {self.num_rounds + 1} scheduled "
             f"rounds because {cause}. The completed rounds are recorded (and saved, with Compaction); to train the "
-            "others, remove what stopped the fit and resume it with trainer.fit(..., ckpt_path=<last checkpoint>)"
+            f"others, {remedy} with trainer.fit(..., ckpt_path=<last checkpoint>)"
         )
 
     def _note_stop(self, trainer: pl.Trainer) -> None:
@@ -725,6 +725,14 @@ def scheduler_length(scheduler: Any) -> int | None:
         lengths = [scheduler_length(s) for s in scheduler._schedulers]
         return None if None in lengths else max(lengths)
     return None
+
+
+def _count(n: float, noun: str) -> str:
+    return f"{n:g} {noun}{'' if n == 1 else 's'}"
+
+
+def _times(n: float) -> str:
+    return "once" if n == 1 else f"{n:g} times"
 
 
 def _scheduler_positions(trainer: pl.Trainer) -> list[int | None]:

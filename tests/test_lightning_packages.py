@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import warnings
 from pathlib import Path
 
@@ -156,3 +157,26 @@ def test_callbacks_pass_alone_or_in_a_list_and_export(pl, tmp_path):
     trainer(pl, tmp_path, callbacks, max_epochs=2, logger=False).fit(LitMLP(), datamodule=Clusters())
     portfolio = Portfolio.open(tmp_path / "portfolio")
     assert [sorted(v.files) for v in portfolio.variants] == [["fp32", "pt2"], ["fp32", "pt2"]]
+
+
+def test_ctrl_c_says_how_many_rounds_ran(tmp_path):
+    import lightning.pytorch as pl
+
+    LitMLP, Clusters = project(pl)
+
+    class CtrlC(pl.Callback):
+        def on_pruning_round_end(self, trainer, pl_module, record):
+            if record.round == 1:
+                raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT from there on, then exits
+    try:
+        with pytest.raises(SystemExit), pytest.warns(UserWarning) as caught:
+            trainer(pl, tmp_path, [imp(), CtrlC()], logger=False).fit(LitMLP(), datamodule=Clusters())
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert [str(w.message) for w in caught if "scheduled rounds" in str(w.message)] == [
+        "IterativeMagnitudePruning: the fit ended after 2 of 3 scheduled rounds because it was interrupted "
+        "(KeyboardInterrupt). The completed rounds are recorded (and saved, with Compaction); to train the others, "
+        "resume it with trainer.fit(..., ckpt_path=<last checkpoint>)"
+    ]

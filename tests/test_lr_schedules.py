@@ -182,3 +182,17 @@ def test_resume_with_a_held_scheduler_is_exact(tmp_path, epoch):
         assert torch.equal(model.state_dict()[name], value), name
     assert rates[1] == full_rates[1][(epoch - 1) * BATCHES:]
     assert rates[2] == full_rates[2]
+
+
+def test_a_failed_setup_gives_the_trainer_its_horizon_back(tmp_path):
+    class Broken(Callback):
+        def setup(self, trainer, pl_module, stage):
+            raise RuntimeError("broken setup")
+
+    imp = IterativeMagnitudePruning(rounds=2, epochs_per_round=EPOCHS_PER_ROUND, rewind_step=REWIND_STEP,
+                                    summary_file=None, verbose=False)
+    trainer = pl.Trainer(max_epochs=imp.epochs_needed, callbacks=[imp, Broken()], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="broken setup"):
+        trainer.fit(Scheduled("onecycle-estimated"))
+    assert trainer.max_epochs == imp.epochs_needed

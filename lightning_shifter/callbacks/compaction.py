@@ -168,6 +168,7 @@ class Compaction(Callback):
             raise RuntimeError(f"rank 0 could not save the variant {name}: {rank_zero_failure}")
         if record.round not in self.saved_rounds:
             self.saved_rounds.append(record.round)
+        self._created = None  # the portfolio holds a variant now: it stays, whatever happens next
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, portfolio: Portfolio, record: Any,
               name: str) -> None:
