@@ -2,24 +2,36 @@
 
 Below is an ordinary project: a LightningModule, a DataModule and a Trainer. The lines marked
 ``# + shifter`` are the whole diff: one import, the input shape for export, three callbacks and
-``max_epochs`` from the pruning schedule. The model, the data and the training loop stay untouched.
+``max_epochs`` from the pruning schedule. The model, the data and the training loop stay untouched,
+its learning-rate schedule included: sized from ``trainer.estimated_stepping_batches``, it spans
+one pruning round, because that is what the Trainer shows while ``configure_optimizers`` runs.
 After ``fit``, ``portfolio/`` holds one exact, compacted variant per pruning round with its
 ExecuTorch programs, ready for ``lightning-shifter report portfolio/`` or a phone.
 
+The project may import Lightning either way: ``lightning.pytorch`` or the standalone
+``pytorch_lightning`` (same API, distinct classes: take the module, the data module, the Trainer and
+its callbacks from the same one). The callbacks work with both::
+
     python examples/existing_project.py --out runs/existing
+    LIGHTNING_PACKAGE=pytorch_lightning python examples/existing_project.py --out runs/existing-pl
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+if os.environ.get("LIGHTNING_PACKAGE") == "pytorch_lightning":
+    import pytorch_lightning as pl  # a project on the standalone package ...
+else:
+    import lightning.pytorch as pl  # ... or on the unified `lightning` one: the same code either way
 
 from lightning_shifter import Compaction, ExecuTorchExport, IterativeMagnitudePruning  # + shifter
 
@@ -46,7 +58,10 @@ class LitClassifier(pl.LightningModule):
         self.log("val_acc", (self(x).argmax(1) == y).float().mean(), prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        # as Lightning's docs size it: with IterativeMagnitudePruning this is one round's steps
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-2, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class SyntheticData(pl.LightningDataModule):

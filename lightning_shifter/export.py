@@ -438,6 +438,7 @@ def export_portfolio(
     for outcomes in _run(jobs, workers):
         variant = portfolio[outcomes[0].report.name]
         pt2_sha256 = variant.files["pt2"].sha256
+        undelegated: dict[str, list[str]] = {}  # op -> the precisions it stays outside XNNPACK in
         for outcome in outcomes:
             report = outcome.report
             reports.append(report)
@@ -450,12 +451,13 @@ def export_portfolio(
             variant.host[report.precision] = {"source_sha256": pt2_sha256, "portable_ops": report.portable_ops}
             if report.accuracy is not None:
                 variant.metrics[f"val_acc_{report.precision}"] = report.accuracy
-            if report.portable_ops:
-                warnings.warn(
-                    f"variant {report.name!r} {report.precision}: XNNPACK cannot take {', '.join(report.portable_ops)}; "
-                    "these run on ExecuTorch's portable CPU kernels (slower). Replace them in the model to delegate "
-                    "everything.", stacklevel=2)
+            for op in report.portable_ops:
+                undelegated.setdefault(op, []).append(report.precision)
             finished.append(report)
+        if undelegated:  # one line per variant, however many programs and ops
+            ops = ", ".join(f"{op} ({'/'.join(precisions)})" for op, precisions in undelegated.items())
+            warnings.warn(f"variant {variant.name!r}: {ops} not delegated to XNNPACK, run on ExecuTorch's portable "
+                          "CPU kernels (slower; replace them in the model to delegate everything)", stacklevel=2)
         _save(portfolio, variant)
 
     if measure:  # after all lowering, one program at a time, so timings do not compete with workers

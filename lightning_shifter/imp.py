@@ -19,6 +19,16 @@ When things happen (checked against Lightning 2.6's loops):
   the epoch-interval schedulers of the previous epoch, so the restored scheduler state is not
   stepped once more.
 
+Learning-rate schedules (``schedule_per_round=True``): from the callback's ``setup`` until
+``on_fit_start``, i.e. while the module's ``setup`` and ``configure_optimizers`` run,
+``trainer.max_epochs`` is ``epochs_per_round``, so schedules sized from it or from
+``trainer.estimated_stepping_batches`` span one round. A round after a rewind starts at the rewind
+step of that schedule, so it reaches the point where round 0 ended before the round is over: from
+there until the next rewind Lightning does not step the scheduler (its ``frequency`` is set out of
+reach), and the round trains on at round 0's last learning rate instead of running past the
+schedule's end (``OneCycleLR`` would raise). Every round thus follows round 0's learning-rate curve
+from the rewind step on.
+
 Everything needed to resume is in :meth:`IterativeMagnitudePruning.state_dict` (tensors, lists,
 dicts, numbers and strings only, so checkpoints load with ``weights_only=True``), and each of the
 steps above is decided from that state, so a resume from any checkpoint (mid-round, at a round
@@ -32,6 +42,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -41,12 +52,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_shifter import masks as M
+from lightning_shifter._lightning import Callback, MisconfigurationException, classes, package_of
 from lightning_shifter.criteria import Criterion, describe, magnitude
 from lightning_shifter.portfolio import atomic_write
 
@@ -124,6 +135,12 @@ class IterativeMagnitudePruning(Callback):
         rewind_step: optimizer step whose weights, optimizer and LR-scheduler state every round
             restarts from. ``0`` is the original initialization (lottery-ticket setting); a few
             hundred steps ("late rewinding") works better for deeper nets. Must fall inside round 0.
+        schedule_per_round: size learning-rate schedules per round without changing the module: while
+            its ``configure_optimizers`` runs, ``trainer.max_epochs`` is ``epochs_per_round`` (and
+            ``trainer.estimated_stepping_batches`` one round's optimizer steps), schedulers are not
+            stepped past the point where round 0 ended, and a scheduler whose length still exceeds a
+            round is warned about at the start of training. ``False`` shows the module the whole fit
+            and steps schedulers as Lightning would without this callback.
         include: module types or ``fnmatch`` patterns over module names whose ``weight`` is scored;
             by default every ``Conv*d`` and ``Linear``. Biases and norm layers are never scored.
         exclude: module types or name patterns removed from the selection, e.g. ``["fc"]`` to keep
@@ -164,7 +181,7 @@ class IterativeMagnitudePruning(Callback):
         >>> trainer = pl.Trainer(max_epochs=imp.epochs_needed, callbacks=[imp], logger=False,
         ...                      enable_checkpointing=False, enable_progress_bar=False,
         ...                      enable_model_summary=False, limit_train_batches=8, limit_val_batches=2)
-        >>> trainer.fit(DigitsResNet(width=4), datamodule=DigitsDataModule())
+        >>> trainer.fit(DigitsResNet(width=4, schedule_epochs=1), datamodule=DigitsDataModule())
         >>> [round(r.target_density, 2) for r in imp.records]
         [1.0, 0.8, 0.64]
     """
@@ -179,6 +196,7 @@ class IterativeMagnitudePruning(Callback):
         target_densities: Sequence[float] | None = None,
         rewind_step: int = 200,
         criterion: Criterion = magnitude,
+        schedule_per_round: bool = True,
         include: Sequence[type[nn.Module] | str] = M.DEFAULT_PRUNABLE_TYPES,
         exclude: Sequence[type[nn.Module] | str] = (),
         mask_norm_affine: bool = True,
@@ -201,6 +219,7 @@ class IterativeMagnitudePruning(Callback):
         self.criterion = criterion
         self.epochs_per_round = epochs_per_round
         self.rewind_step = rewind_step
+        self.schedule_per_round = schedule_per_round
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.mask_norm_affine = mask_norm_affine
@@ -215,12 +234,18 @@ class IterativeMagnitudePruning(Callback):
         self._rewind: dict[str, Any] | None = None
         self._round_started = time.monotonic()
         self._resumed = False
+        self._schedule_end: list[int | None] | None = None  # scheduler positions of round 0's last step
+        self._summary_path: str | None = None  # the summary file this schedule writes, kept across resumes
         # runtime-only: live parameters and their float masks for the hot path, hook handles
         self._weights: dict[str, nn.Parameter] = {}
         self._enforced: tuple[list[Tensor], list[Tensor]] = ([], [])
         self._hooks: list[Any] = []
         self._recorder: ExitStack | None = None
         self._norm_sources: dict[str, set[str] | None] | None = None
+        self._full_max_epochs: int | None = None  # the Trainer's, while the module is shown one round
+        self._positions: list[int | None] = []
+        self._held: dict[int, int] = {}  # lr_scheduler_configs index -> its own frequency
+        self._stop_seen: str | None = None  # where trainer.should_stop was first seen set by another
 
     @staticmethod
     def _schedule(rounds: int | None, prune_fraction: float | None, final_density: float | None,
@@ -300,14 +325,14 @@ class IterativeMagnitudePruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != TrainerFn.FITTING:
             return
-        for callback in trainer.callbacks:
-            if isinstance(callback, EarlyStopping):
+        for callback in trainer.callbacks:  # of lightning.pytorch or of pytorch_lightning
+            if isinstance(callback, classes("callbacks.EarlyStopping")):
                 raise MisconfigurationException(
                     f"{type(callback).__name__} would end the fit before the last pruning round: remove it "
                     "(IterativeMagnitudePruning stops the fit itself after round "
                     f"{self.num_rounds}; pick the variant you want from the per-round records instead)"
                 )
-            if isinstance(callback, Timer) and callback._duration is not None:
+            if isinstance(callback, classes("callbacks.Timer")) and callback._duration is not None:
                 raise MisconfigurationException(
                     "a Timer with a duration (Trainer(max_time=...)) could cut the pruning rounds short: "
                     "remove max_time / the Timer, or lower rounds or epochs_per_round to fit your time budget"
@@ -336,6 +361,27 @@ class IterativeMagnitudePruning(Callback):
                 f"exclude={self._describe(self.exclude)} selects no module with a weight of 2+ dimensions; "
                 "widen include (module types or name patterns) or narrow exclude"
             )
+        self._summary_path = None  # a resumed schedule brings its own (load_state_dict runs after setup)
+        self._stop_seen = None
+        if self.schedule_per_round:
+            # Shown until on_fit_start: the module's setup and configure_optimizers run in between.
+            # trainer.estimated_stepping_batches is computed from it, so it shows one round too.
+            self._full_max_epochs = trainer.fit_loop.max_epochs
+            trainer.fit_loop.max_epochs = self.epochs_per_round
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._show_whole_fit(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._show_whole_fit(trainer)
+        self._release_schedulers(trainer)
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero and self._unfinished():
+            rank_zero_warn(self._unfinished_message("it was interrupted (KeyboardInterrupt)", "resume it"))
+
+    def _show_whole_fit(self, trainer: pl.Trainer) -> None:
+        if self._full_max_epochs is not None:
+            trainer.fit_loop.max_epochs = self._full_max_epochs
+            self._full_max_epochs = None
 
     @staticmethod
     def _describe(selectors: Sequence[Any]) -> list[str]:
@@ -381,6 +427,11 @@ class IterativeMagnitudePruning(Callback):
             self._rewind = self._snapshot(trainer, pl_module)
         if not self._resumed:
             self._round_started = time.monotonic()
+        if self.schedule_per_round:
+            if trainer.is_global_zero:
+                for warning in self._long_schedules(trainer):
+                    rank_zero_warn(warning)
+            self._hold_finished_schedulers(trainer)
         if len(self.records) == self.num_rounds + 1:  # resumed from a checkpoint of a finished schedule
             trainer.should_stop = True
 
@@ -389,6 +440,8 @@ class IterativeMagnitudePruning(Callback):
         if batch_idx == 0:
             pl_module.log("round", self._round, prog_bar=True, logger=False, on_step=True, on_epoch=False,
                           batch_size=1)
+        if self.schedule_per_round and self._schedule_end is None:  # round 0: where its last step stands
+            self._positions = _scheduler_positions(trainer)
         if self._norm_pairs is None and self.mask_norm_affine and self._recorder is None:
             self._recorder = ExitStack()
             self._norm_sources = self._recorder.enter_context(M.record_norm_successors(pl_module, self._layer_names()))
@@ -401,6 +454,9 @@ class IterativeMagnitudePruning(Callback):
             self._recorder = self._norm_sources = None
         if self._rewind is None and trainer.global_step == self.rewind_step:
             self._rewind = self._snapshot(trainer, pl_module)
+        if self.schedule_per_round:
+            self._hold_finished_schedulers(trainer)  # after Lightning's step-interval scheduler update
+        self._note_stop(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -411,6 +467,7 @@ class IterativeMagnitudePruning(Callback):
             self._maybe_end_round(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note_stop(trainer)
         self._maybe_end_round(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -420,12 +477,19 @@ class IterativeMagnitudePruning(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
-        if self.verbose and trainer.is_global_zero and self.records:
+        self._release_schedulers(trainer)
+        if not trainer.is_global_zero:
+            return
+        if self.verbose and self.records:
             from rich.console import Console
 
             Console().print(self.summary_table())
+        if self._unfinished():
+            rank_zero_warn(self._unfinished_message(self._stop_cause(trainer, pl_module)))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._show_whole_fit(trainer)
+        self._release_schedulers(trainer)
         self._remove_hooks()
         if self._recorder is not None:
             self._recorder.close()
@@ -482,6 +546,8 @@ class IterativeMagnitudePruning(Callback):
             seconds=time.monotonic() - self._round_started,
         )
         self.records.append(record)
+        if self._round == 0 and self.schedule_per_round:
+            self._schedule_end = self._positions
         for logger in trainer.loggers:
             logger.log_metrics(
                 {"imp/round": record.round, "imp/density": record.density,
@@ -521,6 +587,7 @@ class IterativeMagnitudePruning(Callback):
             else {}
         )
         self._rewind_to_snapshot(trainer, pl_module)
+        self._release_schedulers(trainer)
         self._refresh_enforced(pl_module)
         M.apply_masks_(*self._enforced)
         self._round = new_round
@@ -535,6 +602,82 @@ class IterativeMagnitudePruning(Callback):
         for config, state in zip(trainer.lr_scheduler_configs, self._rewind["lr_schedulers"]):
             config.scheduler.load_state_dict(copy.deepcopy(state))
 
+    # ------------------------------------------------------------------ learning-rate schedules
+    def _long_schedules(self, trainer: pl.Trainer) -> list[str]:
+        """A warning for each scheduler whose length exceeds one round: rewound every round, it never ends."""
+        steps = self.epochs_per_round * self._steps_per_epoch(trainer)
+        warnings = []
+        for index, config in enumerate(trainer.lr_scheduler_configs):
+            length = scheduler_length(config.scheduler)
+            per_round = (self.epochs_per_round if config.interval == "epoch" else steps) / config.frequency
+            if length is None or not math.isfinite(per_round) or length <= per_round:
+                continue
+            every = f"{'' if config.frequency == 1 else f'{config.frequency} '}{config.interval}"
+            warnings.append(
+                f"{type(config.scheduler).__name__} (learning-rate scheduler {index}, stepped every {every}) is "
+                f"{length} steps long, but a pruning round steps it {_times(per_round)}: every round rewinds it "
+                "before its later part runs. In configure_optimizers, size it from self.trainer.max_epochs or "
+                "self.trainer.estimated_stepping_batches (they show one round there) instead of a fixed length, "
+                f"or from the round ({_count(self.epochs_per_round, 'epoch')}, {_count(steps, 'optimizer step')})"
+            )
+        return warnings
+
+    def _hold_finished_schedulers(self, trainer: pl.Trainer) -> None:
+        """From round 1 on, stop stepping a scheduler once it stands where round 0's last step used it."""
+        if self._round == 0 or not self._schedule_end:
+            return
+        positions = _scheduler_positions(trainer)
+        configs = trainer.lr_scheduler_configs
+        for index, (end, now) in enumerate(zip(self._schedule_end, positions)):
+            if index not in self._held and end is not None and now is not None and now >= end:
+                # Lightning steps a scheduler when (batch or epoch index + 1) % frequency == 0: never, now
+                self._held[index] = configs[index].frequency
+                configs[index].frequency = sys.maxsize
+
+    def _release_schedulers(self, trainer: pl.Trainer) -> None:
+        configs = trainer.lr_scheduler_configs
+        for index, frequency in self._held.items():
+            if index < len(configs):
+                configs[index].frequency = frequency
+        self._held = {}
+
+    # ------------------------------------------------------------------ a fit that ends early
+    def _unfinished(self) -> bool:
+        return len(self.records) < self.num_rounds + 1
+
+    def _unfinished_message(self, cause: str, remedy: str = "remove what stopped the fit and resume it") -> str:
+        return (
+            f"IterativeMagnitudePruning: the fit ended after {len(self.records)} of {self.num_rounds + 1} scheduled "
+            f"rounds because {cause}. The completed rounds are recorded (and saved, with Compaction); to train the "
+            f"others, {remedy} with trainer.fit(..., ckpt_path=<last checkpoint>)"
+        )
+
+    def _note_stop(self, trainer: pl.Trainer) -> None:
+        # our own stop comes with the last round's record, after which the fit is finished anyway
+        if trainer.should_stop and self._stop_seen is None and self._unfinished():
+            self._stop_seen = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+
+    def _stop_cause(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        """What ended the fit before the schedule did, as precisely as the Trainer tells."""
+        for callback in trainer.callbacks:
+            if getattr(callback, "stopped_epoch", 0):  # EarlyStopping and look-alikes record it
+                return f"{type(callback).__name__} stopped it at epoch {callback.stopped_epoch}"
+            remaining = callback.time_remaining() if isinstance(callback, classes("callbacks.Timer")) else None
+            if remaining is not None and remaining <= 0:
+                return f"{type(callback).__name__} (Trainer(max_time=...)) ran out of time"
+        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+            return f"Trainer(max_steps={trainer.max_steps}) was reached at step {trainer.global_step}"
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs != -1 and trainer.current_epoch >= max_epochs:
+            return f"Trainer(max_epochs={max_epochs}) was reached"
+        if self._stop_seen is not None or trainer.should_stop:
+            others = [type(c).__name__ for c in trainer.callbacks
+                      if package_of(c) not in ("lightning", "pytorch_lightning", "lightning_shifter")]
+            by = f"{type(pl_module).__name__} (the LightningModule)" + "".join(f" or {n}" for n in others)
+            seen = f", first seen at {self._stop_seen}" if self._stop_seen else ""
+            return f"trainer.should_stop was set by {by}{seen}"
+        return "the training loop ended without trainer.should_stop (a limit of the Trainer or its loop)"
+
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
             handle.remove()
@@ -544,8 +687,12 @@ class IterativeMagnitudePruning(Callback):
         if self.summary_file is None:
             return
         path = Path(self.summary_file)
-        if not path.is_absolute():
+        began = None if self._summary_path is None else Path(self._summary_path)
+        if began is not None and began.match(str(path)) and began.parent.is_dir():
+            path = began  # a resumed fit logs to a new version folder: go on with the file the schedule began
+        elif not path.is_absolute():
             path = Path(trainer.log_dir or trainer.default_root_dir) / path
+        self._summary_path = os.path.abspath(path)
         payload = {"target_densities": self.target_densities, "epochs_per_round": self.epochs_per_round,
                    "rewind_step": self.rewind_step, "rounds": [r.to_dict() for r in self.records]}
         atomic_write(path, json.dumps(payload, indent=2).encode())
@@ -579,6 +726,8 @@ class IterativeMagnitudePruning(Callback):
             "records": [r.to_dict() for r in self.records],
             "rewind": self._rewind,
             "round_seconds": time.monotonic() - self._round_started,
+            "schedule_end": self._schedule_end,
+            "summary_path": self._summary_path,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -604,3 +753,53 @@ class IterativeMagnitudePruning(Callback):
         self._rewind = state_dict["rewind"]
         self._round_started = time.monotonic() - float(state_dict["round_seconds"])
         self._resumed = True
+        # absent from checkpoints of earlier versions
+        self._schedule_end = state_dict.get("schedule_end")
+        self._summary_path = state_dict.get("summary_path")
+
+
+def scheduler_length(scheduler: Any) -> int | None:
+    """Steps after which a learning-rate schedule has run its course; ``None`` when it has no end
+    (``StepLR``, ``ExponentialLR``, ``LambdaLR``, cyclic schedules, ...).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_shifter.imp import scheduler_length
+        >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> scheduler_length(torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=300))
+        300
+        >>> scheduler_length(torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)) is None
+        True
+    """
+    from torch.optim import lr_scheduler as S
+
+    if isinstance(scheduler, S.OneCycleLR):
+        return int(scheduler.total_steps)
+    if isinstance(scheduler, S.CosineAnnealingLR):
+        return int(scheduler.T_max)
+    if isinstance(scheduler, (S.LinearLR, S.ConstantLR, S.PolynomialLR)):
+        return int(scheduler.total_iters)
+    if isinstance(scheduler, S.MultiStepLR):
+        return max(scheduler.milestones, default=None)
+    if isinstance(scheduler, S.SequentialLR):
+        last = scheduler_length(scheduler._schedulers[-1])
+        return None if last is None else scheduler._milestones[-1] + last
+    if isinstance(scheduler, S.ChainedScheduler):
+        lengths = [scheduler_length(s) for s in scheduler._schedulers]
+        return None if None in lengths else max(lengths)
+    return None
+
+
+def _count(n: float, noun: str) -> str:
+    return f"{n:g} {noun}{'' if n == 1 else 's'}"
+
+
+def _times(n: float) -> str:
+    return "once" if n == 1 else f"{n:g} times"
+
+
+def _scheduler_positions(trainer: pl.Trainer) -> list[int | None]:
+    """Steps taken by each scheduler Lightning steps (``last_epoch``); None for plateau and unknown kinds."""
+    return [None if config.reduce_on_plateau else getattr(config.scheduler, "last_epoch", None)
+            for config in trainer.lr_scheduler_configs]

@@ -4,6 +4,13 @@ The page embeds its images as data URIs and uses no script, so it opens offline 
 mailed as one file. It reads only the portfolio directory (and optional switching-session logs), so
 it works on the deployment side too.
 
+What it shows: accuracy against parameters, MACs and host latency (every variant labelled by its
+round, variants on the same spot sharing one label, the dense model ringed on top); where
+``lightning-shifter bench --runner`` or ``device bench`` recorded them, per device and variant the
+native runner's latency, switch and reload times and resident memory, as a figure and a table per
+device; channels kept per layer; switching sessions. Figures are at most the page's width, so they
+are shown unscaled.
+
 Example::
 
     >>> from lightning_shifter.report import write_report
@@ -29,13 +36,14 @@ from typing import Any
 from lightning_shifter.portfolio import Portfolio, Variant, headline
 
 _STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
        color: #1d2330; padding: 0 1rem; }
 h1 { margin-bottom: 0.2rem; } .sub { color: #5a6477; margin-top: 0; }
 figure { margin: 1.5rem 0; } figcaption { color: #5a6477; font-size: 0.9rem; }
 img { max-width: 100%; border: 1px solid #e3e6ec; border-radius: 6px; }
-table { border-collapse: collapse; font-size: 0.85rem; width: 100%; }
-th, td { padding: 0.3rem 0.5rem; border-bottom: 1px solid #e3e6ec; text-align: right; white-space: nowrap; }
+.scroll { overflow-x: auto; } table { border-collapse: collapse; font-size: 0.8rem; width: 100%; }
+th, td { padding: 0.3rem 0.45rem; border-bottom: 1px solid #e3e6ec; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; }
 th { background: #f4f6f9; } td:first-child, th:first-child { text-align: left; }
 tr.front td { font-weight: 600; } .note { color: #5a6477; font-size: 0.9rem; }
 .headline { border-left: 4px solid #2b6cb0; padding: 0.2rem 1rem; background: #f3f7fc; }
@@ -78,6 +86,13 @@ def write_report(
         ['index.html', 'session-0.png', 'tradeoff.png']
         >>> "round-02" in page.read_text()
         True
+        >>> _ = portfolio.update_variant("round-02", devices={"phone-1": {"fp32": {"p50_ms": 0.9, "switch_us": 0.01,
+        ...                                                                     "alone_rss_kb": 9000}}})
+        >>> page = write_report(portfolio.root)
+        >>> sorted(path.name for path in page.parent.iterdir())
+        ['devices.png', 'index.html', 'session-0.png', 'tradeoff.png']
+        >>> "<h3>phone-1</h3>" in page.read_text()
+        True
     """
     import matplotlib
 
@@ -90,6 +105,9 @@ def write_report(
 
     figures: list[tuple[str, str, str]] = []  # (file name, title, caption)
     figures.append(("tradeoff.png", "Accuracy against size, MACs and latency", _plot_tradeoff(portfolio, out / "tradeoff.png")))
+    caption = _plot_devices(portfolio, out / "devices.png")
+    if caption:
+        figures.append(("devices.png", "Latency, switching and memory on devices", caption))
     caption = _plot_layers(portfolio, out / "layers.png")
     if caption:
         figures.append(("layers.png", "Channels kept per layer and round", caption))
@@ -112,42 +130,220 @@ def load_session(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- figures
+_DPI = 110
+_WIDTH_IN = 10.5  # figures at most this wide are shown unscaled on the page (see _STYLE's max-width)
+_DEVICE_METRICS = ("p50_ms", "switch_us", "reload_ms", "alone_rss_kb")
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
 def _plot_tradeoff(portfolio: Portfolio, path: Path) -> str:
+    _save(_tradeoff_figure(portfolio), path)
+    return ("Accuracy of each compacted variant against its parameter count, MACs and measured host latency; "
+            "labels are pruning rounds (variants that coincide share one), the ring marks the dense model.")
+
+
+def _tradeoff_figure(portfolio: Portfolio) -> Any:
     import matplotlib.pyplot as plt
 
     variants = [v for v in portfolio.variants if v.accuracy is not None]
     front = {v.name for v in portfolio.pareto_front()}
-    latency = [(v, _host_p50(v)) for v in variants]
-    has_latency = any(ms is not None for _, ms in latency)
-    panels = [("params", "parameters"), ("macs", "MACs per inference")] + ([("latency", "host latency p50 (ms)")] if has_latency else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
-        points = [(v, ms if key == "latency" else getattr(v, key)) for v, ms in latency]
+    dense = _dense(portfolio)
+    latency = {v.name: _host_p50(v) for v in variants}
+    panels = [("params", "parameters"), ("macs", "MACs per inference")]
+    if any(ms is not None for ms in latency.values()):
+        panels.append(("latency", "host latency p50 (ms)"))
+    # one panel under the other, at the page's width: shown at full size, labels stay legible
+    fig, axes = plt.subplots(len(panels), 1, figsize=(_WIDTH_IN, 3.6 * len(panels) + 0.4), squeeze=False, dpi=_DPI,
+                             layout="constrained")
+    axes = axes[:, 0]
+    scatter = None
+    for ax, (key, label) in zip(axes, panels):
+        points = [(v, latency[v.name] if key == "latency" else float(getattr(v, key))) for v in variants]
         points = [(v, x) for v, x in points if x is not None]
+        if not points:
+            continue
         xs = [x for _, x in points]
         ys = [100 * v.accuracy for v, _ in points]
-        colors = [v.density for v, _ in points]
-        scatter = ax.scatter(xs, ys, c=colors, cmap="viridis", vmin=0, vmax=1, s=46, zorder=3, edgecolors="white")
+        scatter = ax.scatter(xs, ys, c=[v.density for v, _ in points], cmap="viridis", vmin=0, vmax=1, s=46,
+                             zorder=3, edgecolors="white")
         on_front = sorted((x, 100 * v.accuracy) for v, x in points if v.name in front)
         if len(on_front) > 1:
             ax.step([p[0] for p in on_front], [p[1] for p in on_front], where="post", color="#d9480f", lw=1.4,
                     zorder=2, label="Pareto front (params, MACs)")
-            ax.legend(loc="lower right", fontsize=8)
         for v, x in points:
-            ax.annotate(str(v.round), (x, 100 * v.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        if xs and max(xs) / max(min(xs), 1e-12) > 20:
+            if v is dense:  # a ring on top: visible even where a smaller variant lies on the same spot
+                ax.scatter([x], [100 * v.accuracy], s=190, facecolors="none", edgecolors="#c2255c", linewidths=1.8,
+                           zorder=5, label=f"dense model ({v.name})")
+        if max(xs) / max(min(xs), 1e-12) > 20:
             ax.set_xscale("log")
+        ax.margins(x=0.08, y=0.12)
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.colorbar(scatter, ax=axes[0].tolist(), label="density (nonzero weights)", shrink=0.85)
-    fig.suptitle("Each point is a variant (labelled by its pruning round)", fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "Accuracy of each compacted variant against its parameter count, MACs and measured host latency."
+        ax.legend(loc="lower right", fontsize=8)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=axes.tolist(), label="density (nonzero weights)", shrink=0.6, aspect=40)
+    fig.suptitle("Each point is a variant, labelled by its pruning round", fontsize=10)
+    fig.canvas.draw()  # fixes the layout: labels are placed in the final pixel positions
+    for ax, (key, _) in zip(axes, panels):
+        points = [(latency[v.name] if key == "latency" else float(getattr(v, key)), 100 * v.accuracy, v.round)
+                  for v in variants]
+        _label_points(ax, [p for p in points if p[0] is not None])
+    return fig
+
+
+def _label_points(ax: Any, points: Sequence[tuple[float, float, int]], fontsize: float = 8) -> None:
+    """Label each point with its round so that no two labels overlap: points within a marker of each other
+    share one label ("0, 4"); each label takes the first spot on rings around its point that is free of
+    other labels, markers and the legend, inside the axes (a thin line leads to a distant one)."""
+    import matplotlib.text as mtext
+    import matplotlib.transforms as mtransforms
+
+    renderer = ax.figure.canvas.get_renderer()
+    pixels = [ax.transData.transform((x, y)) for x, y, _ in points]
+    groups: list[list[int]] = []  # points within a marker of a group's first point
+    for i, spot in enumerate(pixels):
+        near = next((g for g in groups if math.dist(spot, pixels[g[0]]) < 8), None)
+        if near is None:
+            groups.append([i])
+        else:
+            near.append(i)
+    area = ax.get_window_extent(renderer)
+    taken = [mtransforms.Bbox.from_bounds(px - 5, py - 5, 10, 10) for px, py in pixels]
+    legend = ax.get_legend()
+    if legend is not None:
+        taken.append(legend.get_window_extent(renderer))
+    for group in sorted(groups, key=lambda g: (pixels[g[0]][0], pixels[g[0]][1])):
+        text = _rounds_text(sorted({points[i][2] for i in group}))
+        anchor = points[group[0]][:2]
+        for dx, dy in _LABEL_SPOTS:
+            far = math.hypot(dx, dy) > 14
+            label = ax.annotate(
+                text, anchor, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, zorder=6,
+                ha="left" if dx > 2 else "right" if dx < -2 else "center",
+                va="bottom" if dy > 2 else "top" if dy < -2 else "center",
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#868e96", "shrinkA": 0, "shrinkB": 4} if far else None,
+            )
+            label.set_in_layout(False)
+            label.update_positions(renderer)
+            box = mtext.Text.get_window_extent(label, renderer).expanded(1.08, 1.15)  # the text, not its line
+            inside = area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            label.remove()
+        else:  # no free spot at all (hundreds of variants on one spot): still name them
+            ax.annotate(text, anchor, xytext=(4, 4), textcoords="offset points", fontsize=fontsize,
+                        zorder=6).set_in_layout(False)
+
+
+# offsets in points around a point: a ring of 12 directions at growing distances
+_LABEL_SPOTS = [(radius * math.cos(math.radians(angle)), radius * math.sin(math.radians(angle)))
+                for radius in (6, 11, 17, 24, 32, 42) for angle in (45, -45, 135, -135, 90, -90, 0, 180, 20, -20,
+                                                                   160, -160)]
+
+
+def _rounds_text(rounds: Sequence[int]) -> str:
+    """``[0, 3, 4, 5, 9]`` -> ``"0, 3-5, 9"``."""
+    parts: list[str] = []
+    for r in rounds:
+        if parts and parts[-1].split("-")[-1] == str(r - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{r}"
+        else:
+            parts.append(str(r))
+    return ", ".join(parts)
+
+
+def _plot_devices(portfolio: Portfolio, path: Path) -> str | None:
+    figure = _devices_figure(portfolio)
+    if figure is None:
+        return None
+    _save(figure, path)
+    devices = sorted({device for device, _ in _device_series(portfolio)})
+    return (f"Measured with the native runner on {', '.join(devices)} (and the host's ExecuTorch Python runtime): "
+            "median latency, the cost of switching to a preloaded variant against reloading it from storage, and "
+            "the runner's resident memory holding that variant alone (lines: the whole portfolio loaded at once).")
+
+
+def _device_series(portfolio: Portfolio) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """(device id, precision) -> variant name -> the device figures the manifest holds for it."""
+    series: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for v in portfolio.variants:
+        for device, entry in (v.devices.items() if isinstance(v.devices, dict) else ()):
+            for precision, measured in (entry.items() if isinstance(entry, dict) else ()):
+                if precision == "facts" or not isinstance(measured, dict):
+                    continue
+                numbers = {k: _finite(measured.get(k)) for k in _DEVICE_METRICS}
+                if any(value is not None for value in numbers.values()):
+                    series.setdefault((str(device), str(precision)), {})[v.name] = numbers
+    return series
+
+
+def _devices_figure(portfolio: Portfolio) -> Any | None:
+    import matplotlib.pyplot as plt
+
+    series = _device_series(portfolio)
+    if not series:
+        return None
+    names = portfolio.names
+    position = {name: i for i, name in enumerate(names)}
+    devices = sorted({device for device, _ in series})
+    colors = {device: plt.get_cmap("tab10")(i % 10) for i, device in enumerate(devices)}
+    styles = {"fp32": ("o", "-"), "int8": ("s", "--")}
+    fig, (latency, switch, memory) = plt.subplots(3, 1, figsize=(_WIDTH_IN, 10.5), sharex=True, dpi=_DPI,
+                                                  layout="constrained")
+    for (device, precision), by_name in sorted(series.items()):
+        marker, line = styles.get(precision, ("^", ":"))
+        kw = {"color": colors[device], "marker": marker, "ls": line, "ms": 5, "lw": 1.2}
+        label = f"{device} {precision}".replace("$", r"\$")  # a device id is text, not mathtext
+
+        def plot(ax: Any, key: str, scale: float = 1.0, **extra: Any) -> None:
+            xs = [position[n] for n, numbers in by_name.items() if numbers[key] is not None]
+            ys = [numbers[key] * scale for numbers in by_name.values() if numbers[key] is not None]
+            if xs:
+                ax.plot(xs, ys, **{**kw, **extra})
+
+        plot(latency, "p50_ms", label=label)
+        plot(switch, "switch_us", label=f"{label}: switch")
+        plot(switch, "reload_ms", 1e3, label=f"{label}: reload", marker="x", ls=":", alpha=0.8)
+        plot(memory, "alone_rss_kb", 1 / 1024, label=label)
+        summary = _portfolio_memory(portfolio, device, precision)
+        if summary is not None and summary.get("portfolio_rss_kb") is not None:
+            memory.axhline(summary["portfolio_rss_kb"] / 1024, color=colors[device], ls=line, lw=0.9, alpha=0.6,
+                           label=f"{label}: whole portfolio")
+    host = [(position[v.name], _host_p50(v)) for v in portfolio.variants if _host_p50(v) is not None]
+    if host:
+        latency.plot([x for x, _ in host], [y for _, y in host], color="#495057", marker="d", ls="-.", lw=1, ms=4,
+                     label="host ExecuTorch (Python) fp32")
+    for ax, label in ((latency, "latency p50 (ms)"), (switch, "switch / reload (us)"),
+                      (memory, "resident memory (MB)")):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    latency.set_yscale("log")
+    switch.set_yscale("log")
+    memory.set_xticks(range(len(names)), names, rotation=90 if len(names) > 8 else 0, fontsize=8)
+    memory.set_xlim(-0.6, len(names) - 0.4)
+    fig.suptitle("Native runner on each device, per variant", fontsize=10)
+    return fig
 
 
 def _plot_layers(portfolio: Portfolio, path: Path) -> str | None:
+    figure = _layers_figure(portfolio)
+    if figure is None:
+        return None
+    _save(figure, path)
+    return "Output channels (features) each convolution and linear layer keeps after exact compaction, per round."
+
+
+def _layers_figure(portfolio: Portfolio) -> Any | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -164,15 +360,14 @@ def _plot_layers(portfolio: Portfolio, path: Path) -> str | None:
         for layer in v.compaction["layers"]:
             if layer["name"] in names and layer["channels_before"]:
                 kept[names.index(layer["name"]), j] = layer["channels_after"] / layer["channels_before"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(variants) + 3), max(3.0, 0.22 * len(names) + 1.5)))
+    fig, ax = plt.subplots(figsize=(min(_WIDTH_IN, 0.5 * len(variants) + 3), max(3.0, 0.22 * len(names) + 1.5)),
+                           dpi=_DPI, layout="constrained")
     image = ax.imshow(kept, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks(range(len(variants)), [f"{v.round}\n{v.density:.2g}" for v in variants], fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("round / density")
     fig.colorbar(image, ax=ax, label="fraction of output channels kept")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "Output channels (features) each convolution and linear layer keeps after exact compaction, per round."
+    return fig
 
 
 def _plot_session(events: Sequence[Mapping[str, Any]], title: str, path: Path) -> str:
@@ -180,7 +375,8 @@ def _plot_session(events: Sequence[Mapping[str, Any]], title: str, path: Path) -
 
     times = [float(e["t"]) for e in events]
     order = sorted({e["variant"] for e in events})
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(_WIDTH_IN, max(5.0, 3.5 + 0.16 * len(order))), sharex=True, dpi=_DPI,
+                                      gridspec_kw={"height_ratios": [3, 2]}, layout="constrained")
     latency = [(t, e["latency_ms"]) for t, e in zip(times, events) if e.get("latency_ms") is not None]
     if latency:
         top.plot([t for t, _ in latency], [ms for _, ms in latency], ".", ms=3, color="#1971c2", label="inference latency")
@@ -196,8 +392,7 @@ def _plot_session(events: Sequence[Mapping[str, Any]], title: str, path: Path) -
     bottom.set_xlabel("time (s)")
     bottom.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
     switches = [e for i, e in enumerate(events) if i and e["variant"] != events[i - 1]["variant"]]
     overheads = [float(e["switch_us"]) for e in switches if e.get("switch_us") is not None]
     text = f"{len(switches)} switches"
@@ -208,13 +403,45 @@ def _plot_session(events: Sequence[Mapping[str, Any]], title: str, path: Path) -
 
 def _host_p50(variant: Variant) -> float | None:
     measured = variant.host.get("fp32") if isinstance(variant.host, dict) else None
-    value = measured.get("p50_ms") if isinstance(measured, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
+    return _finite(measured.get("p50_ms")) if isinstance(measured, dict) else None
+
+
+def _finite(value: Any) -> float | None:
+    """A manifest number as a float, or None when absent or not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _dense(portfolio: Portfolio) -> Variant:
+    """The dense model: the densest variant (the largest and earliest among equals)."""
+    return max(portfolio.variants, key=lambda v: (v.density, v.params, -v.round))
+
+
+def _portfolio_memory(portfolio: Portfolio, device: str, precision: str) -> dict[str, Any] | None:
+    """The manifest's whole-portfolio memory figures of a device at a precision (``device bench``)."""
+    devices = portfolio.extra.get("devices")
+    entry = devices.get(device) if isinstance(devices, dict) else None
+    summary = entry.get(precision) if isinstance(entry, dict) else None
+    return summary if isinstance(summary, dict) else None
+
+
+def _facts(portfolio: Portfolio, device: str) -> dict[str, Any]:
+    for v in portfolio.variants:
+        entry = v.devices.get(device) if isinstance(v.devices, dict) else None
+        facts = entry.get("facts") if isinstance(entry, dict) else None
+        if isinstance(facts, dict) and facts:
+            return facts
+    devices = portfolio.extra.get("devices")
+    entry = devices.get(device) if isinstance(devices, dict) else None
+    facts = entry.get("facts") if isinstance(entry, dict) else None
+    return facts if isinstance(facts, dict) else {}
 
 
 # ----------------------------------------------------------------------------- page
 def _html(portfolio: Portfolio, figures: list[tuple[str, str, str]], out: Path, notes: Sequence[str] = ()) -> str:
-    dense = max(portfolio.variants, key=lambda v: v.params)
+    dense = _dense(portfolio)
+    largest = max(v.params for v in portfolio.variants)
     front = {v.name for v in portfolio.pareto_front()}
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -222,7 +449,7 @@ def _html(portfolio: Portfolio, figures: list[tuple[str, str, str]], out: Path, 
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>Portfolio <code>{html.escape(str(portfolio.root))}</code></h1>",
         f"<p class='sub'>{len(portfolio)} variants, input {list(portfolio.input_shape)} {portfolio.input_dtype}; "
-        f"the smallest has {dense.params / max(min(v.params for v in portfolio.variants), 1):.1f}x fewer "
+        f"the smallest has {largest / max(min(v.params for v in portfolio.variants), 1):.1f}x fewer "
         "parameters than the largest.</p>",
         _headline(portfolio, notes),
     ]
@@ -235,8 +462,14 @@ def _html(portfolio: Portfolio, figures: list[tuple[str, str, str]], out: Path, 
     parts.append("<h2>Variants</h2>")
     parts.append(_variants_table(portfolio, front, dense))
     parts.append("<p class='note'>Bold rows are on the Pareto front (higher accuracy, fewer parameters and MACs). "
-                 "Exactness error is the largest difference between the compacted and the sparse model seen while "
-                 "verifying.</p></body></html>")
+                 f"Size is against the dense model, {html.escape(dense.name)}. Exactness error is the largest "
+                 "difference between the compacted and the sparse model seen while verifying.</p>")
+    series = _device_series(portfolio)
+    if series:
+        parts.append("<h2>Measured on devices</h2>")
+        for device in sorted({device for device, _ in series}):
+            parts.append(_device_section(portfolio, device, {p: s for (d, p), s in sorted(series.items()) if d == device}))
+    parts.append("</body></html>")
     return "\n".join(parts)
 
 
@@ -253,10 +486,42 @@ def _headline(portfolio: Portfolio, notes: Sequence[str]) -> str:
     return f"<section class='headline'>{items}</section>"
 
 
+_FACTS = ("model", "manufacturer", "soc", "abi", "cores", "governor", "android_release", "kernel", "mem_total_kb")
+
+
+def _device_section(portfolio: Portfolio, device: str, by_precision: dict[str, dict[str, dict[str, float]]]) -> str:
+    facts = _facts(portfolio, device)
+    known = ", ".join(f"{key.replace('_', ' ')} {html.escape(str(facts[key]))}" for key in _FACTS if key in facts)
+    columns = ["variant", "precision", "load (ms)", "first inference (ms)", "p50 (ms)", "p90 (ms)", "switch (us)",
+               "reload (ms)", "switch vs reload", "RSS alone (MB)", "peak RSS alone (MB)"]
+    rows = [f"<h3>{html.escape(device)}</h3>", f"<p class='sub'>{known or 'no device facts recorded'}</p>",
+            "<div class='scroll'><table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"]
+    for precision, by_name in by_precision.items():
+        for name in portfolio.names:
+            if name not in by_name:
+                continue
+            measured = portfolio[name].devices[device][precision]
+            speedup = _finite(measured.get("switch_speedup"))
+            cells = [name, precision, *(_number(_finite(measured.get(k)), 2) for k in ("load_ms", "first_infer_ms")),
+                     *(_number(_finite(measured.get(k))) for k in ("p50_ms", "p90_ms", "switch_us")),
+                     _number(_finite(measured.get("reload_ms")), 2), "" if speedup is None else f"{speedup:,.0f}x",
+                     _megabytes(measured.get("alone_rss_kb")), _megabytes(measured.get("alone_peak_rss_kb"))]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        summary = _portfolio_memory(portfolio, device, precision)
+        if summary is not None:
+            ratio = _finite(summary.get("ratio"))
+            versus = "" if ratio is None else f" ({ratio:.2f}x {html.escape(str(summary.get('dense', 'dense')))})"
+            rows.append(f"<tr class='front'><td>whole portfolio</td><td>{html.escape(precision)}</td>"
+                        + "<td></td>" * 7 + f"<td>{_megabytes(summary.get('portfolio_rss_kb'))}{versus}</td>"
+                        f"<td>{_megabytes(summary.get('portfolio_peak_rss_kb'))}</td></tr>")
+    rows.append("</table></div>")
+    return "\n".join(rows)
+
+
 def _variants_table(portfolio: Portfolio, front: set[str], dense: Variant) -> str:
     columns = ["variant", "round", "density", "params", "size vs dense", "MACs", "acc sparse", "acc compacted",
                "acc int8", "exactness error", "host p50 fp32 (ms)", "host p50 int8 (ms)", "files"]
-    rows = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"]
+    rows = ["<div class='scroll'><table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"]
     for v in portfolio.variants:
         int8 = v.host.get("int8", {}) if isinstance(v.host, dict) else {}
         cells = [
@@ -269,7 +534,7 @@ def _variants_table(portfolio: Portfolio, front: set[str], dense: Variant) -> st
         ]
         css = " class='front'" if v.name in front else ""
         rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    rows.append("</table>")
+    rows.append("</table></div>")
     return "\n".join(rows)
 
 
@@ -277,5 +542,10 @@ def _percent(value: Any) -> str:
     return f"{100 * float(value):.2f}%" if isinstance(value, (int, float)) and math.isfinite(value) else ""
 
 
-def _number(value: Any) -> str:
-    return f"{float(value):.3f}" if isinstance(value, (int, float)) else ""
+def _number(value: Any, digits: int = 3) -> str:
+    return f"{float(value):.{digits}f}" if isinstance(value, (int, float)) else ""
+
+
+def _megabytes(kib: Any) -> str:
+    value = _finite(kib)
+    return "" if value is None else f"{value / 1024:.1f}"

@@ -22,6 +22,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -110,6 +112,10 @@ def add_variant(
     the same name in ``manifest.json``. The old entry is unlisted before its file is overwritten, so
     a crash at any point never leaves a listed variant whose file does not match.
 
+    The ``model.pt2`` bytes depend only on the program (the same model and example give the same
+    file in any process), so a variant saved again unchanged keeps its exported ExecuTorch programs
+    and their measurements, and :func:`~lightning_shifter.export.export_portfolio` skips it.
+
     Args:
         portfolio: where to save (:meth:`Portfolio.create` makes or opens one).
         model: the sparse model (pruned weights are zeros).
@@ -194,13 +200,51 @@ def add_variant(
         exactness_error=float(result.report.max_abs_error),
         compaction=result.report.summary(),
     )
-
-    def export() -> dict[str, FileEntry]:  # only for a variant the policy keeps
-        program = torch.export.export(compacted, example_inputs)
-        return {"pt2": portfolio.write_file(name, "pt2", lambda f: torch.export.save(program, f))}
-
-    portfolio.admit(variant, keep, export)
+    write: Callable[[], dict[str, FileEntry]] = dict
+    if keep_decision(portfolio.variants, variant, keep).keep:  # a skipped variant is never exported
+        data = _program_bytes(torch.export.export(compacted, example_inputs))
+        previous = portfolio[name] if name in portfolio else None
+        if previous is not None and _same_program(portfolio, previous, data):
+            # the same model.pt2: its programs, their accuracies and timings stay valid
+            variant.files, variant.host, variant.devices = previous.files, previous.host, previous.devices
+            variant.metrics = {**{k: v for k, v in previous.metrics.items() if k in _PROGRAM_METRICS}, **measured}
+        else:
+            def write() -> dict[str, FileEntry]:
+                return {"pt2": portfolio.write_file(name, "pt2", data)}
+    # a listed variant of this name is unlisted before its files are overwritten: a crash in between
+    # leaves it missing (and redone on resume), never listed with a file that fails its sha256
+    portfolio.admit(variant, keep, write)
     return variant
+
+
+# accuracies export_portfolio measures on a variant's programs
+_PROGRAM_METRICS = ("val_acc_fp32", "val_acc_int8")
+
+
+def _program_bytes(program: torch.export.ExportedProgram) -> bytes:
+    """The ``.pt2`` file of ``program``, the same bytes for the same program in any process."""
+    # Node provenance ("from_node") names the graphs a node passed through by their id(): memory
+    # addresses that differ from run to run. Nothing downstream reads it.
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("from_node", None)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _same_program(portfolio: Portfolio, variant: Variant, data: bytes) -> bool:
+    """Whether ``variant`` is listed with exactly this ``model.pt2`` and all its files are intact."""
+    entry = variant.files.get("pt2")
+    if entry is None or entry.sha256 != hashlib.sha256(data).hexdigest():
+        return False
+    try:
+        for role in variant.files:
+            portfolio.verify_file(variant.name, role)
+    except PortfolioError:
+        return False
+    return True
 
 
 def _as_tuple(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -358,3 +359,29 @@ def test_a_portfolio_for_another_input_is_rejected(tmp_path: Path, make_trainer,
     trainer = make_trainer(max_epochs=ROUNDS + 1, callbacks=[imp(), Compaction(tmp_path / "p", example_input_shape=SHAPE)])
     with pytest.raises(MisconfigurationException, match=r"already holds a portfolio for input \[1, 3, 32, 32\]"):
         trainer.fit(DigitsResNet(width=4), datamodule=digits)
+
+
+def test_a_fit_that_fails_before_saving_leaves_no_portfolio(tmp_path: Path, make_trainer, digits) -> None:
+    late = IterativeMagnitudePruning(rounds=1, epochs_per_round=1, rewind_step=1000)  # fails at on_train_start
+
+    def fails(portfolio_dir: Path) -> None:
+        trainer = make_trainer(max_epochs=2, callbacks=[late, Compaction(portfolio_dir, example_input_shape=SHAPE)])
+        with pytest.raises(MisconfigurationException, match="rewind_step=1000 lies beyond round 0"):
+            trainer.fit(DigitsResNet(width=4), datamodule=digits)
+
+    fails(tmp_path / "runs" / "a" / "portfolio")
+    assert list(tmp_path.iterdir()) == []  # every folder it created is gone again
+    (tmp_path / "mine").mkdir()
+    fails(tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []  # the user's folder stays
+    kept = ready(tmp_path / "kept")
+    kept_manifest = (tmp_path / "kept" / "portfolio" / "manifest.json").read_bytes()
+    fails(kept.portfolio_dir)
+    assert (kept.portfolio_dir / "manifest.json").read_bytes() == kept_manifest  # an existing portfolio stays
+
+
+def test_a_new_fit_into_a_filled_portfolio_says_what_it_replaces(run: SimpleNamespace, tmp_path: Path) -> None:
+    copy = tmp_path / "portfolio"
+    shutil.copytree(run.root / "portfolio", copy)
+    with pytest.warns(UserWarning, match=r"already holds variants \['round-00', 'round-01', 'round-02'\]"):
+        fit(tmp_path, [imp(), Compaction(copy, example_input_shape=SHAPE)])

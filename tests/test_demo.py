@@ -81,7 +81,7 @@ def test_small_demo_makes_every_artefact(tmp_path, capsys):
     assert summary["switching"]["host ExecuTorch Switcher"]["inferences"] == len(host)
     page = out / "report" / "index.html"
     html = page.read_text()
-    assert html.count("data:image/png;base64") == 4  # trade-off, per-layer, two switching sessions
+    assert html.count("data:image/png;base64") == 5  # trade-off, native runner, per-layer, two sessions
     assert "Headline: " + headline["variant"] in html and "original DNNShifter rule on the same masks" in html
     assert html.index("Headline") < html.index("<figure>")  # the report leads with it
     assert "Portfolio" in printed and "Switching under a latency budget" in printed and "runner fp32 ms" in printed

@@ -45,9 +45,13 @@ def test_cifar10_without_data_says_how_to_get_it(tmp_path):
         example.CIFAR10DataModule(str(tmp_path / "none")).setup("fit")
 
 
-def test_existing_project_gets_a_portfolio(tmp_path):
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_existing_project_gets_a_portfolio(tmp_path, monkeypatch, package):
+    monkeypatch.setenv("LIGHTNING_PACKAGE", package)
     example = _load("existing_project")
-    example.main(["--out", str(tmp_path), "--rounds", "1", "--epochs-per-round", "1"])
+    assert example.pl.__name__ == package
+    trainer = example.main(["--out", str(tmp_path), "--rounds", "1", "--epochs-per-round", "1"])
+    assert type(trainer).__module__.startswith(package)
     portfolio = Portfolio.open(tmp_path / "portfolio")
     assert sorted([*portfolio.names, *(s.variant.name for s in portfolio.skipped)]) == ["round-00", "round-01"]
     for variant in portfolio.variants:

@@ -219,6 +219,20 @@ def test_ops_outside_the_delegate(tmp_path):
     assert any("'sort'" in m and "not exported" in m for m in messages)
 
 
+def test_undelegated_ops_are_one_line_per_variant(tmp_path, digits):
+    root = tmp_path / "p"
+    build_portfolio(root, {f"round-0{i}": nn.Sequential(trained_tiny(6 + i, digits), nn.LogSoftmax(dim=1))
+                           for i in range(2)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_portfolio(root, ("fp32", "int8"), calibration_data=digits.train_dataloader(),
+                                  validation_data=val_batches(digits), int8_max_accuracy_drop=0.05, measure=False)
+    assert {p.status for p in report.programs} == {"exported"}
+    assert [str(w.message) for w in caught if "XNNPACK" in str(w.message)] == [
+        f"variant 'round-0{i}': aten._log_softmax.default (fp32/int8) not delegated to XNNPACK, run on ExecuTorch's "
+        "portable CPU kernels (slower; replace them in the model to delegate everything)" for i in range(2)]
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_arguments_fail_before_any_work(tmp_path, digits):
     root = tmp_path / "p"

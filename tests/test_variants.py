@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import doctest
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,6 +147,46 @@ def test_adding_the_same_name_again_replaces_the_variant(portfolio: Portfolio) -
     assert reopened["round-01"].files["pt2"].sha256 == second.files["pt2"].sha256
     manifest = json.loads((portfolio.root / MANIFEST_NAME).read_text())
     assert [v["name"] for v in manifest["variants"]] == ["round-01"]
+
+
+SAVE_IN_A_PROCESS = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_variants import SHAPE, sparse_net
+from lightning_shifter.portfolio import Portfolio
+from lightning_shifter.variants import add_variant
+portfolio = Portfolio.create(sys.argv[1], input_shape=SHAPE)
+example = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+print(add_variant(portfolio, sparse_net(0), example, name="round-01", round=1).files["pt2"].sha256)
+"""
+
+
+def test_the_same_model_gives_the_same_pt2_bytes_in_any_process(portfolio: Portfolio, tmp_path) -> None:
+    example = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    here = add_variant(portfolio, sparse_net(0), example, name="round-01", round=1).files["pt2"].sha256
+    elsewhere = subprocess.run([sys.executable, "-c", SAVE_IN_A_PROCESS, str(tmp_path / "other"),
+                                str(Path(__file__).parent)], capture_output=True, text=True, check=True, timeout=300)
+    assert elsewhere.stdout.split()[-1] == here
+    assert (tmp_path / "other" / "round-01" / "model.pt2").read_bytes() == (portfolio.root / "round-01/model.pt2").read_bytes()
+
+
+def test_saving_an_unchanged_variant_again_keeps_its_programs(portfolio: Portfolio) -> None:
+    from lightning_shifter.export import export_portfolio
+
+    example = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    add_variant(portfolio, sparse_net(0), example, name="round-01", round=1)
+    export_portfolio(portfolio.root, ("fp32",), validation_data=digits_like_data(), runs=2)
+    exported = Portfolio.open(portfolio.root)["round-01"]
+
+    portfolio = Portfolio.open(portfolio.root)  # as the exporter left it (one writer at a time)
+    again = add_variant(portfolio, sparse_net(0), example, name="round-01", round=1, metrics={"epoch": 7})
+    assert again.files == exported.files and again.host == exported.host
+    assert again.metrics == {**exported.metrics, "epoch": 7.0}
+    assert [p.status for p in export_portfolio(portfolio.root, ("fp32",), measure=False).programs] == ["skipped"]
+
+    changed = add_variant(Portfolio.open(portfolio.root), sparse_net(1), example, name="round-01", round=1)
+    assert set(changed.files) == {"pt2"} and changed.host == {} and "val_acc_fp32" not in changed.metrics
+    assert [p.status for p in export_portfolio(portfolio.root, ("fp32",), measure=False).programs] == ["exported"]
 
 
 def test_a_crash_while_replacing_never_leaves_a_listed_broken_variant(portfolio: Portfolio, monkeypatch) -> None:

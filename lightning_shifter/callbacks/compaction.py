@@ -12,12 +12,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lightning_shifter._lightning import Callback, MisconfigurationException
 from lightning_shifter.imp import IterativeMagnitudePruning
-from lightning_shifter.portfolio import KEEP_POLICIES, Portfolio, PortfolioError
+from lightning_shifter.portfolio import KEEP_POLICIES, MANIFEST_NAME, Portfolio, PortfolioError
 from lightning_shifter.variants import add_variant, default_unpack, variant_name
 
 
@@ -34,6 +33,8 @@ class Compaction(Callback):
 
     Only rank 0 writes; every rank waits for it at each round end, and all ranks stop with its
     error if it fails. A resumed run replaces a variant it saves again instead of listing it twice.
+    A fit that fails before the first variant is saved leaves no portfolio folder behind (it is
+    created at setup, so that an unwritable folder fails before training).
 
     To compact a model without training, call :func:`lightning_shifter.variants.add_variant`.
 
@@ -97,6 +98,8 @@ class Compaction(Callback):
         self.unpack_batch = unpack_batch or default_unpack
         self.saved_rounds: list[int] = []
         self._input_shape: tuple[int, ...] | None = None
+        self._created: list[Path] | None = None  # manifest and folders this fit created, if it did
+        self._found: list[str] = []  # variants the portfolio held before this fit
 
     @property
     def portfolio(self) -> Portfolio:
@@ -121,15 +124,36 @@ class Compaction(Callback):
                 "use Compaction(evaluate=False)"
             )
         if trainer.is_global_zero:
+            manifest = self.portfolio_dir / MANIFEST_NAME
+            created = None if manifest.exists() else [manifest, *(
+                folder for folder in (self.portfolio_dir, *self.portfolio_dir.parents) if not folder.exists())]
             try:
                 portfolio = Portfolio.create(self.portfolio_dir, self._input_shape, self.input_dtype)
             except PortfolioError as err:
                 raise MisconfigurationException(str(err)) from err
-            if len(portfolio) and trainer.ckpt_path is None:
-                rank_zero_warn(
-                    f"{self.portfolio_dir} already holds variants {portfolio.names}; those this run "
-                    "saves again (same round) are replaced, the others stay"
-                )
+            self._created, self._found = created, portfolio.names
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in setup: Lightning restores a checkpoint (and sets trainer.ckpt_path) after setup.
+        if trainer.is_global_zero and self._found and trainer.ckpt_path is None:
+            rank_zero_warn(
+                f"{self.portfolio_dir} already holds variants {self._found}; those this run "
+                "saves again (same round) are replaced, the others stay"
+            )
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        created, self._created = self._created, None
+        if not created:
+            return
+        manifest, *folders = created
+        try:
+            if len(Portfolio.open(self.portfolio_dir, verify=False)):
+                return  # a variant was saved: the portfolio stays
+            manifest.unlink()
+            for folder in folders:  # deepest first; only empty ones go, so nothing else is lost
+                folder.rmdir()
+        except (OSError, PortfolioError):
+            pass  # best effort: the fit's own error is the one to report
 
     def on_pruning_round_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: Any) -> None:
         name = variant_name(record.round)
@@ -154,6 +178,7 @@ class Compaction(Callback):
             raise RuntimeError(f"rank 0 could not save the variant {name}: {rank_zero_failure}")
         if record.round not in self.saved_rounds:
             self.saved_rounds.append(record.round)
+        self._created = None  # the portfolio holds a variant now: it stays, whatever happens next
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, portfolio: Portfolio, record: Any,
               name: str) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lightning_shifter._lightning import Callback, MisconfigurationException
 from lightning_shifter.export import export_portfolio
 from lightning_shifter.runtime import PRECISIONS
 
