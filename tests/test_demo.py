@@ -141,7 +141,3 @@ def test_device_session_events_and_summary():
     assert demo.switching_summary([], [], 0) == {"inferences": 0, "switches": 0, "programs": []}
 
 
-def test_build_failure_keeps_the_lines_that_say_why():
-    log = "-- Configuring\nCMake Error at CMakeLists.txt:34 (message):\n  nlohmann/json not found. Install it\n\n-- done\n"
-    assert demo._build_failure(log).startswith("CMake Error at CMakeLists.txt:34 (message): nlohmann/json not found")
-    assert demo._build_failure("") == "no output"
