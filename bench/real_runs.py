@@ -66,7 +66,6 @@ from lightning_shifter.demo import DigitsDataModule  # noqa: E402
 from lightning_shifter.export import export_portfolio  # noqa: E402
 from lightning_shifter.portfolio import Portfolio, Variant, keep_decision  # noqa: E402
 from lightning_shifter.runtime import example_input, load_method  # noqa: E402
-from lightning_shifter.variants import model_density  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE_SIZE = 5.14  # DNNShifter: compacted variants up to 5.14x smaller ...
@@ -272,12 +271,11 @@ def portfolio_memory(portfolio: Portfolio, twin: Portfolio, names: list[str], sh
     }
     memory: dict[str, Any] = {"variants": names, "host_mib": host}
     try:
-        from lightning_shifter.demo import prepare_runner
-        from lightning_shifter.device import LocalDevice, RunnerSession
+        from lightning_shifter.device import LocalDevice, RunnerSession, find_runner_build
 
         with tempfile.TemporaryDirectory() as tmp:
             device = LocalDevice(Path(tmp), device_id="host-native")
-            build = prepare_runner(device)
+            build = find_runner_build(device.abi)
 
             def rss_kb(root: Path, variants: list[str]) -> int:
                 session = RunnerSession(device, str(build.executable), str(root), "fp32", variants=variants)

@@ -7,6 +7,7 @@
     lightning-shifter compact model.pt2 --portfolio portfolio/
     lightning-shifter export portfolio/ --datamodule my.data.DataModule
     lightning-shifter bench portfolio/ --runner
+    lightning-shifter runner build --target host aarch64
     lightning-shifter device list|deploy|bench|switch portfolio/
     lightning-shifter report portfolio/ --session session.json
 
@@ -51,6 +52,11 @@ def _console() -> Any:
 
     # created per call: it writes to the sys.stdout of that moment; logs and pipes get wide tables
     return Console(width=None if sys.stdout.isatty() else 180)
+
+
+def _line_printer(console: Any) -> Callable[[str], None]:
+    """Prints plain text lines (paths: no markup, no wrapping) on ``console``."""
+    return lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 @contextmanager
@@ -166,7 +172,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from lightning_shifter import demo
-    from lightning_shifter.device import DeviceError, LocalDevice
+    from lightning_shifter.device import DeviceError, LocalDevice, find_runner_build
 
     # the demo model is tiny: extra intra-op threads only add OpenMP spinning on a busy machine
     torch.set_num_threads(args.threads)
@@ -178,9 +184,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     device, runner, runner_problem = None, None, None
     if args.runner != "skip":  # first, so that a run that needs the runner fails before training
         device = LocalDevice(out / "native-runner", device_id="host-native")
-        with console.status("building the native runner (mobile/build.sh host)"):
+        with console.status("preparing the native runner"):
             try:
-                runner = demo.prepare_runner(device)
+                runner = find_runner_build(device.abi, progress=_line_printer(console))
             except DeviceError as err:
                 if args.runner == "require":
                     raise CommandError(str(err)) from None
@@ -629,12 +635,11 @@ def _run_bench(args: argparse.Namespace) -> int:
             bar.advance(task)
     console.print(table)
     if args.runner:
-        from lightning_shifter.demo import prepare_runner
-        from lightning_shifter.device import LocalDevice, bench, deploy
+        from lightning_shifter.device import LocalDevice, bench, deploy, find_runner_build
 
         device = LocalDevice(args.workdir or args.portfolio.parent / ".shifter-host-runner", device_id=args.device_id)
-        with console.status("building / finding the native runner"):
-            build = prepare_runner(device)
+        with console.status("preparing the native runner"):
+            build = find_runner_build(device.abi, progress=_line_printer(console))
         with console.status(f"benchmarking every program on the native runner ({device.id})"):
             precisions = [p for p in args.precisions if any(q == p for _, q in programs)]
             deployment = deploy(device, args.portfolio, precisions, runner=build)
@@ -656,12 +661,78 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
                         help="which programs (default: fp32 int8, those that exist)")
     parser.add_argument("--warmup", type=int, default=5, help="inferences before timing (default: 5)")
     parser.add_argument("--runs", type=_positive_int, default=50, help="timed inferences per program (default: 50)")
-    parser.add_argument("--runner", action="store_true", help="also benchmark on the native runner (mobile/)")
+    parser.add_argument("--runner", action="store_true",
+                        help="also benchmark on the native runner (mobile/; built on first use)")
     parser.add_argument("--device-id", default="host-native", help="device id the runner results are recorded under")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the runner and programs are deployed (default: <portfolio>/../.shifter-host-runner)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=_run_bench)
+
+
+# ---------------------------------------------------------------------------------------- runner
+def _runner_target(name: str) -> str:
+    from lightning_shifter.device.locator import RUNNER_TARGETS  # here: importing it at start-up is slow
+
+    if name not in RUNNER_TARGETS:
+        raise argparse.ArgumentTypeError(f"unknown target {name!r}: one of {', '.join(RUNNER_TARGETS)}")
+    return name
+
+
+def _run_runner_build(args: argparse.Namespace) -> int:
+    from lightning_shifter.device.locator import build_runner, default_build_root
+
+    console = _console()
+    root = args.build_root or default_build_root()
+    for target in dict.fromkeys(args.target):  # each once, in the order given
+        with console.status(f"building the native runner ({target})"):
+            executable = build_runner(target, build_root=root, progress=_line_printer(console))
+        _line_printer(console)(f"{target}: {executable}")
+    return 0
+
+
+def _run_runner_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from lightning_shifter.device.locator import RUNNER_NAME, RUNNER_TARGETS, default_build_root, runner_sources
+
+    root = args.build_root or default_build_root()
+    table = Table(title=f"Native runner targets (sources: {runner_sources()}; builds: {root})")
+    for column in ("target", "device ABI", "built automatically", "build", "needs"):
+        table.add_column(column)
+    for target in RUNNER_TARGETS.values():
+        executable = root / target.name / RUNNER_NAME
+        table.add_row(target.name, target.abi or "-", "yes" if target.automatic else "no",
+                      str(executable) if executable.is_file() else "not built", target.needs)
+    _console().print(table)
+    return 0
+
+
+def _add_runner(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "runner", help="build the native runner (mobile/) for this host, linux-aarch64 or Android",
+        description="The native runner's sources come with the package. Builds go to build/mobile/ of a source "
+                    "checkout, else to a per-user cache (~/.cache/lightning-shifter, keyed by ExecuTorch version "
+                    "and target); $SHIFTER_BUILD_DIR overrides both. Commands that need the host runner build it "
+                    "on first use; `runner build` builds it (or another target) ahead of time.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    building = actions.add_parser(
+        "build", help="build or update the runner; prints the executable's path per target",
+        description="Build the runner for each --target (incremental: well under a second when nothing changed) "
+                    "and print the path of each executable. `lightning-shifter runner list` shows the targets "
+                    "and what each needs.",
+    )
+    building.add_argument("--target", nargs="+", type=_runner_target, default=["host"], metavar="TARGET",
+                          help="what to build: host (default), aarch64, android, ... (see `runner list`)")
+    listing = actions.add_parser("list", help="the targets, what each needs, and where their builds are",
+                                 description="List the runner's build targets, the device ABI each serves, what "
+                                             "each needs and the path of its build, if any.")
+    for action in (building, listing):
+        action.add_argument("--build-root", type=Path, default=None,
+                            help="folder of the builds (default: build/mobile of a checkout, else the cache)")
+    building.set_defaults(handler=_run_runner_build)
+    listing.set_defaults(handler=_run_runner_list)
 
 
 # ---------------------------------------------------------------------------------------- device
@@ -772,7 +843,8 @@ def _add_device(subparsers: argparse._SubParsersAction) -> None:
         connection(p)
         p.add_argument("--workdir", default="/data/local/tmp/lightning-shifter", help="device work folder")
         p.add_argument("--build-root", type=Path, default=None,
-                       help="folder of the runner builds (default: build/mobile or $SHIFTER_BUILD_DIR)")
+                       help="use the runner builds in this folder as they are (default: the runner this package "
+                            "builds, see `lightning-shifter runner build`)")
         p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(precisions),
                        help=f"programs to use (default: {' '.join(precisions)})")
 
@@ -844,7 +916,7 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------- main
 #: One registration function per subcommand, in pipeline order.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_fit, _add_compact, _add_export, _add_bench, _add_device, _add_report,
+    _add_demo, _add_fit, _add_compact, _add_export, _add_bench, _add_runner, _add_device, _add_report,
 ]
 
 

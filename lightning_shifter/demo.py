@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,7 +36,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_shifter.callbacks.compaction import Compaction
-from lightning_shifter.device import Device, DeviceError, RunnerBuild, SwitchReport, find_runner_build
+from lightning_shifter.device import SwitchReport
 from lightning_shifter.imp import IterativeMagnitudePruning, RoundRecord
 
 if TYPE_CHECKING:  # executorch's runtime is imported only where a session runs
@@ -339,45 +337,6 @@ def run_demo(
 
 
 # ---------------------------------------------------------------------------------------- after training
-BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "mobile" / "build.sh"
-
-
-def prepare_runner(device: Device, build_script: Path | None = None) -> RunnerBuild:
-    """The native runner built for ``device`` (this machine), brought up to date with
-    ``mobile/build.sh host`` (``build_script``, default :data:`BUILD_SCRIPT`).
-
-    Where the package is not a source checkout (no build script), an existing build is looked up
-    (``$SHIFTER_BUILD_DIR``). Raises :class:`~lightning_shifter.device.DeviceError` saying why the
-    runner is unavailable and what to install.
-    """
-    build_script = build_script or BUILD_SCRIPT
-    if not build_script.is_file():
-        return find_runner_build(device.abi)
-    try:
-        result = subprocess.run([str(build_script), "host"], capture_output=True, text=True, timeout=1800,
-                                env={**os.environ, "PYTHON": sys.executable}, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise DeviceError(f"could not run {build_script}: {err}") from None
-    if result.returncode != 0:
-        raise DeviceError(
-            f"the native runner could not be built ({build_script} host exited with {result.returncode}): "
-            f"{_build_failure(result.stderr)}. It needs CMake >= 3.28 (pip install cmake), Debian's "
-            "nlohmann-json3-dev and a C++17 compiler (apt-get install -y nlohmann-json3-dev g++); "
-            f"install what is missing and run `{build_script} host`"
-        )
-    return RunnerBuild.from_executable(device.abi, result.stdout.strip().splitlines()[-1])
-
-
-def _build_failure(stderr: str) -> str:
-    """The lines of a failed build log that say what went wrong."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for marker in ("build.sh:", "CMake Error", "error:", "FAILED"):
-        found = [i for i, line in enumerate(lines) if marker in line]
-        if found:
-            return " ".join(lines[found[0]:found[0] + 3])[:600]
-    return " ".join(lines[-3:])[:600] or "no output"
-
-
 def headline_summary(portfolio_dir: str | os.PathLike, original: dict[int, dict[str, float]]) -> dict[str, Any] | None:
     """The demo's headline as numbers: :func:`~lightning_shifter.portfolio.headline` of the portfolio
     (smallest variant within 1 accuracy point of dense, size and host fp32 latency against dense), with

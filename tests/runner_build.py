@@ -1,4 +1,4 @@
-"""Builds the native runner (``mobile/build.sh``) and a small real portfolio for its tests.
+"""Builds the native runner (``mobile/build.sh``, through the package) and a small real portfolio for its tests.
 
 ``make_portfolio`` writes a portfolio of tiny conv nets of different widths through the project's
 own :class:`lightning_shifter.portfolio.Portfolio`, exported like the pipeline does:
@@ -8,27 +8,21 @@ own :class:`lightning_shifter.portfolio.Portfolio`, exported like the pipeline d
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-BUILD_SCRIPT = REPO / "mobile" / "build.sh"
 INPUT_SHAPE = (1, 1, 8, 8)
 
 
 def build_runner(target: str = "host") -> Path:
-    """Runs ``mobile/build.sh <target>`` and returns the path of the built ``shifter_runner``."""
-    result = subprocess.run([str(BUILD_SCRIPT), target], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"mobile/build.sh {target} failed:\n{result.stderr[-4000:]}")
-    binary = Path(result.stdout.strip().splitlines()[-1])
-    if not binary.is_file():
-        raise RuntimeError(f"mobile/build.sh {target} printed {binary}, which does not exist")
-    return binary
+    """Builds (or brings up to date) the runner for ``target`` through the package's locator (the same
+    ``mobile/build.sh`` call every command makes) and returns the path of ``shifter_runner``."""
+    from lightning_shifter.device.locator import build_runner as build
+
+    return build(target, progress=None)
 
 
 class TinyConvNet(nn.Module):

@@ -10,7 +10,7 @@ import pytest
 
 from lightning_shifter import demo
 from lightning_shifter.cli import main
-from lightning_shifter.device import DeviceSwitch, LocalDevice, SwitchReport
+from lightning_shifter.device import DeviceSwitch, SwitchReport, locator
 from lightning_shifter.portfolio import Portfolio
 from lightning_shifter.report import load_session
 from lightning_shifter.runtime import LatencyBudget, Option, Switcher
@@ -89,42 +89,40 @@ def test_small_demo_makes_every_artefact(tmp_path, capsys):
     assert printed.rstrip().endswith(f"report: {page}")
 
 
-def _failing_build(tmp_path):
-    script = tmp_path / "build.sh"
+@pytest.fixture
+def failing_build(tmp_path, monkeypatch):
+    """Runner sources whose build.sh fails as on a machine without CMake, building into a folder of their own."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    script = sources / "build.sh"
     script.write_text("#!/bin/sh\necho \"build.sh: CMake >= 3.28 is needed; install it with 'pip install cmake'\" >&2\n"
                       "exit 1\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
+    monkeypatch.setattr(locator, "runner_sources", lambda: sources)
+    monkeypatch.setenv("SHIFTER_BUILD_DIR", str(tmp_path / "builds"))
 
 
-def test_demo_without_a_runner_says_why_and_still_finishes(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "BUILD_SCRIPT", _failing_build(tmp_path))
+def test_demo_without_a_runner_says_why_and_still_finishes(tmp_path, capsys, failing_build):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--rounds", "1", "--width", "4", "--image-size", "8",
                  "--epochs-per-round", "1", "--rewind-step", "5", "--precisions", "fp32", "--session-seconds", "0.5",
                  "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
-    assert "native runner skipped" in printed and "CMake >= 3.28 is needed" in printed
-    assert "nlohmann-json3-dev" in printed  # what to install
-    assert json.loads((out / "demo_summary.json").read_text())["native_runner"].startswith("the native runner could")
+    assert "native runner skipped" in printed and "CMake >= 3.28 is needed; install it with 'pip install cmake'" in printed
+    log = tmp_path / "builds" / "host" / "build.log"
+    assert f"(whole log: {log})" in printed and "CMake >= 3.28" in log.read_text()
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["native_runner"].startswith("the native runner (host) could not be built: build.sh: CMake")
     assert (out / "report" / "index.html").is_file()
     assert all("int8" not in v.files and not v.devices for v in Portfolio.open(out / "portfolio").variants)
 
 
-def test_demo_that_requires_the_runner_fails_before_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "BUILD_SCRIPT", _failing_build(tmp_path))
+def test_demo_that_requires_the_runner_fails_before_training(tmp_path, capsys, failing_build):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--runner", "require", "--no-progress"]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: the native runner could not be built") and "pip install cmake" in error
+    assert error.startswith("error: the native runner (host) could not be built") and "pip install cmake" in error
     assert not (out / "portfolio").exists()
-
-
-def test_prepare_runner_finds_an_existing_build_outside_a_checkout(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "BUILD_SCRIPT", tmp_path / "not-a-checkout" / "build.sh")
-    monkeypatch.setenv("SHIFTER_BUILD_DIR", str(tmp_path / "builds"))
-    with pytest.raises(demo.DeviceError, match="build it with `mobile/build.sh host`"):
-        demo.prepare_runner(LocalDevice(tmp_path / "device"))
 
 
 def test_budget_schedule_drops_and_rises_and_every_choice_meets_its_budget():
@@ -160,7 +158,3 @@ def test_device_session_events_and_summary():
     assert demo.switching_summary([], [], 0) == {"inferences": 0, "switches": 0, "programs": []}
 
 
-def test_build_failure_keeps_the_lines_that_say_why():
-    log = "-- Configuring\nCMake Error at CMakeLists.txt:34 (message):\n  nlohmann/json not found. Install it\n\n-- done\n"
-    assert demo._build_failure(log).startswith("CMake Error at CMakeLists.txt:34 (message): nlohmann/json not found")
-    assert demo._build_failure("") == "no output"

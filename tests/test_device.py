@@ -153,7 +153,7 @@ def test_full_device_storage_is_reported_before_pushing(server, phone, portfolio
 def test_wrong_abi_names_the_missing_build_and_how_to_make_it(server, tmp_path, portfolio):
     server.add_phone("arm-phone", tmp_path / "arm", abi="arm64-v8a")
     server.add_phone("old-phone", tmp_path / "old", abi="armeabi-v7a")
-    with pytest.raises(DeviceError, match=r"no runner build for ABI arm64-v8a .* `mobile/build.sh android`"):
+    with pytest.raises(DeviceError, match=r"no runner build for ABI arm64-v8a .* `lightning-shifter runner build --target android`"):
         deploy(connect(server, "arm-phone"), portfolio, build_root=tmp_path / "no-builds")
     with pytest.raises(DeviceError, match="no runner build exists for ABI 'armeabi-v7a'"):
         deploy(connect(server, "old-phone"), portfolio)

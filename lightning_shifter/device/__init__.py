@@ -12,6 +12,7 @@ Example::
 
 from lightning_shifter.device.builds import RunnerBuild, find_runner_build
 from lightning_shifter.device.facts import DeviceSignal, collect_facts, read_state
+from lightning_shifter.device.locator import RunnerTarget, build_runner, runner_sources
 from lightning_shifter.device.harness import (
     Deployment,
     DeviceBench,
@@ -51,10 +52,12 @@ __all__ = [
     "RunnerBuild",
     "RunnerError",
     "RunnerSession",
+    "RunnerTarget",
     "SwitchReport",
     "VariantBench",
     "adb_client",
     "bench",
+    "build_runner",
     "collect_facts",
     "deploy",
     "device_options",
@@ -63,5 +66,6 @@ __all__ = [
     "list_devices",
     "on_devices",
     "read_state",
+    "runner_sources",
     "switch_session",
 ]

@@ -1,10 +1,12 @@
 """Which native runner build runs on a device, and the shared libraries it needs there.
 
-``mobile/build.sh <target>`` puts ``shifter_runner`` under ``build/mobile/<target>/``. A device asks
-for a build by ABI: ``x86_64`` runs the Linux host build (this machine, or the loopback test phone),
-``arm64-v8a`` the Android build. The libraries to push with it are found from the binary itself: its
-``DT_NEEDED`` entries resolved (transitively) in its ``RUNPATH``; anything not found there is a
-system library the device already has (libc, libm, libc++ ...).
+A device asks for a build by ABI (:data:`~lightning_shifter.device.locator.RUNNER_TARGETS` says which
+targets serve which ABI): ``x86_64`` runs the Linux host build (this machine, or the loopback test
+phone), ``arm64-v8a`` the Android build. Builds live where
+:mod:`~lightning_shifter.device.locator` puts them (``build/mobile/<target>/`` of a checkout, a
+per-user cache for an installed package). The libraries to push with it are found from the binary
+itself: its ``DT_NEEDED`` entries resolved (transitively) in its ``RUNPATH``; anything not found there
+is a system library the device already has (libc, libm, libc++ ...).
 
 Example::
 
@@ -18,15 +20,13 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_shifter.device import locator
+from lightning_shifter.device.locator import RUNNER_NAME, RUNNER_TARGETS, targets_for_abi
 from lightning_shifter.device.transport import DeviceError
-
-RUNNER_NAME = "shifter_runner"
-# device ABI -> build.sh target
-BUILD_TARGETS = {"x86_64": "host", "arm64-v8a": "android-arm64-v8a"}
-_BUILD_COMMANDS = {"host": "mobile/build.sh host", "android-arm64-v8a": "mobile/build.sh android"}
 
 
 @dataclass(frozen=True)
@@ -41,23 +41,20 @@ class RunnerBuild:
     def from_executable(cls, abi: str, executable: str | os.PathLike) -> RunnerBuild:
         executable = Path(executable).resolve()
         if not executable.is_file():
-            raise DeviceError(f"runner executable {executable} does not exist: build it with mobile/build.sh")
+            raise DeviceError(f"runner executable {executable} does not exist: build it with "
+                              "`lightning-shifter runner build`")
         return cls(abi, executable, tuple(shared_libraries(executable)))
 
 
-def default_build_root() -> Path:
-    """``$SHIFTER_BUILD_DIR``, else ``build/mobile`` of the repository (or of the current folder)."""
-    if os.environ.get("SHIFTER_BUILD_DIR"):
-        return Path(os.environ["SHIFTER_BUILD_DIR"])
-    repository = Path(__file__).resolve().parents[2]
-    for root in (repository / "build" / "mobile", Path.cwd() / "build" / "mobile"):
-        if root.is_dir():
-            return root
-    return repository / "build" / "mobile"
+def find_runner_build(abi: str, build_root: str | os.PathLike | None = None, *,
+                      progress: Callable[[str], None] | None = locator.print_progress) -> RunnerBuild:
+    """The runner build for a device ABI, built or brought up to date when lightning-shifter can.
 
-
-def find_runner_build(abi: str, build_root: str | os.PathLike | None = None) -> RunnerBuild:
-    """The runner build for a device ABI, with a clear error saying how to build a missing one.
+    Without ``build_root``, a target that is built automatically (``host``) is built on first need
+    (announced through ``progress``) and brought up to date afterwards (well under a second when nothing
+    changed); other targets (``android``) are used when they were built by hand. With ``build_root``,
+    only the builds already there are used, as they are. A missing build raises a
+    :class:`~lightning_shifter.device.DeviceError` saying how to make it.
 
     Example::
 
@@ -73,24 +70,23 @@ def find_runner_build(abi: str, build_root: str | os.PathLike | None = None) -> 
         >>> find_runner_build("arm64-v8a", build_root="no-builds-here")  # nothing built there
         Traceback (most recent call last):
             ...
-        lightning_shifter.device.transport.DeviceError: no runner build for ABI arm64-v8a at
-        no-builds-here/android-arm64-v8a/shifter_runner: build it with `mobile/build.sh android`
-        (needs ANDROID_NDK and EXECUTORCH_ANDROID, see mobile/android/README.md)
+        lightning_shifter.device.transport.DeviceError: no runner build for ABI arm64-v8a in no-builds-here:
+        build it with `lightning-shifter runner build --target android` (needs ANDROID_NDK and
+        EXECUTORCH_ANDROID, see mobile/android/README.md)
     """
-    target = BUILD_TARGETS.get(abi)
-    if target is None:
-        raise DeviceError(
-            f"no runner build exists for ABI {abi!r}: shifter_runner is built for "
-            f"{', '.join(sorted(BUILD_TARGETS))} (32-bit devices are not supported)"
-        )
-    root = Path(build_root) if build_root is not None else default_build_root()
-    executable = root / target / RUNNER_NAME
-    if not executable.is_file():
-        raise DeviceError(
-            f"no runner build for ABI {abi} at {executable}: build it with `{_BUILD_COMMANDS[target]}`"
-            + (" (needs ANDROID_NDK and EXECUTORCH_ANDROID, see mobile/android/README.md)" if target != "host" else "")
-        )
-    return RunnerBuild.from_executable(abi, executable)
+    targets = targets_for_abi(abi)
+    if not targets:
+        abis = sorted({t.abi for t in RUNNER_TARGETS.values() if t.abi is not None})
+        raise DeviceError(f"no runner build exists for ABI {abi!r}: shifter_runner is built for "
+                          f"{', '.join(abis)} (32-bit devices are not supported)")
+    root = Path(build_root) if build_root is not None else locator.default_build_root()
+    for target in targets:
+        if build_root is None and target.automatic:
+            return RunnerBuild.from_executable(abi, locator.build_runner(target.name, progress=progress))
+        if (root / target.name / RUNNER_NAME).is_file():
+            return RunnerBuild.from_executable(abi, root / target.name / RUNNER_NAME)
+    how = " or ".join(f"`lightning-shifter runner build --target {t.name}` (needs {t.needs})" for t in targets)
+    raise DeviceError(f"no runner build for ABI {abi} in {root}: build it with {how}")
 
 
 def shared_libraries(executable: str | os.PathLike) -> list[Path]:

@@ -202,7 +202,8 @@ class Device(abc.ABC):
 
 # ---------------------------------------------------------------------------------------- adb
 def find_adb(adb_path: str | None = None) -> str:
-    """The adb executable: ``adb_path``, ``$ADBUTILS_ADB_PATH``, ``adb`` on PATH, or the one adbutils ships.
+    """The adb executable: the one configured (``adb_path``, else ``$ADBUTILS_ADB_PATH``) and only it;
+    else ``adb`` on PATH, else the one adbutils ships.
 
     Example::
 
@@ -215,9 +216,10 @@ def find_adb(adb_path: str | None = None) -> str:
         >>> find_adb()  # doctest: +SKIP
         '/usr/bin/adb'
     """
-    candidates = [adb_path] if adb_path else [os.environ.get("ADBUTILS_ADB_PATH"), shutil.which("adb")]
-    if not adb_path and not os.environ.get("ADBUTILS_ADB_PATH"):
-        candidates.append(str(Path(adbutils.__file__).parent / "binaries" / "adb"))
+    configured = adb_path or os.environ.get("ADBUTILS_ADB_PATH")
+    # a configured adb is the only candidate: silently starting another one would hide the mistake
+    candidates = [configured] if configured else [shutil.which("adb"),
+                                                  str(Path(adbutils.__file__).parent / "binaries" / "adb")]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
