@@ -14,7 +14,7 @@ every round is measured). Then, per round:
 - the original DNNShifter rule on the same masks (batch-norm fused, one pass of forward-dead
   filters): its parameter ratio, counted like ours with batch-norms fused;
 - ``compact()`` time (median of 3);
-- whether the default keep policy (``"distinct"``) keeps the round.
+- whether the default keep policy (``"pareto"``) keeps the round.
 
 The headline of a run (marked ``*``) is the smallest variant within 1 accuracy point of the dense
 round 0; "rounds to pay" is the first round with a variant >= 5.14x smaller than dense within
@@ -227,7 +227,7 @@ def measure(model_name: str, criterion_name: str, run: dict[str, Any], args: arg
                                  "dense": twin.file_path(dense.name, "fp32")}, shape, args.timing_rounds, args.timing_runs)
         if not variant.metrics["val_acc_compacted"] == variant.metrics["val_acc_sparse"]:
             raise RuntimeError(f"{variant.name}: compacted accuracy differs from the sparse model's")
-        decision = keep_decision(kept, variant, "distinct")
+        decision = keep_decision(kept, variant, "pareto")
         kept = [v for v in kept if v.name not in decision.replaces] + ([variant] if decision.keep else [])
         rows.append({
             "round": record.round, "density": record.density, "accuracy": variant.metrics["val_acc_compacted"],
@@ -335,7 +335,7 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
 
 
 SUMMARY_COLUMNS = ("model", "criterion", "dense params / acc", "headline: smallest within 1 pt of dense (round)",
-                   f"rounds to >= {HEADLINE_SIZE}x", "variants kept (distinct)", "portfolio memory vs uncompacted")
+                   f"rounds to >= {HEADLINE_SIZE}x", "variants kept (pareto)", "portfolio memory vs uncompacted")
 
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:

@@ -246,7 +246,7 @@ class KeepDecision:
     replaces: dict[str, str] = field(default_factory=dict)
 
 
-def keep_decision(variants: Sequence[Variant], candidate: Variant, policy: str = "distinct") -> KeepDecision:
+def keep_decision(variants: Sequence[Variant], candidate: Variant, policy: str = "pareto") -> KeepDecision:
     """Whether a portfolio holding ``variants`` should keep ``candidate``, under ``policy``.
 
     * ``"all"``: every variant is kept.
@@ -254,9 +254,11 @@ def keep_decision(variants: Sequence[Variant], candidate: Variant, policy: str =
       accurate (``Variant.accuracy``) stays; on equal or unknown accuracy the one already kept stays.
       Iterative pruning makes many same-size variants before compaction starts to pay; they cost
       disk and memory and add nothing.
-    * ``"pareto"``: only the accuracy / size Pareto front: a variant stays unless another is at
-      least as accurate and no bigger (and better in one of the two); a variant without accuracy is
-      judged by size alone, as under ``"distinct"``.
+    * ``"pareto"``: the accuracy / size Pareto front: a variant stays unless another is at least as
+      accurate with no more parameters and MACs, plus the most accurate full-size variant (one that
+      compaction did not shrink: ``params == compaction["params_before"]``), kept as the reference
+      the others are compared with. A variant without accuracy is judged by size alone, as under
+      ``"distinct"``.
 
     A variant of the same name as ``candidate`` is ignored (the candidate replaces it anyway).
 
@@ -296,28 +298,30 @@ def _makes_redundant(a: Variant, b: Variant, policy: str) -> str | None:
             return None
         better = "more accurate" if a.accuracy > b.accuracy else "as accurate"
         return f"{a.name} has the same size ({a.params} params) and is {better} ({a.accuracy:.4f} vs {b.accuracy:.4f})"
-    if (policy == "pareto" and a.params < b.params and a.accuracy is not None and b.accuracy is not None
-            and a.accuracy >= b.accuracy):
-        return (f"{a.name} is smaller ({a.params} < {b.params} params) and at least as accurate "
-                f"({a.accuracy:.4f} vs {b.accuracy:.4f})")
+    full_size = b.params == b.compaction.get("params_before")
+    if (policy == "pareto" and not full_size and a.params < b.params and a.macs <= b.macs
+            and a.accuracy is not None and b.accuracy is not None and a.accuracy >= b.accuracy):
+        return (f"{a.name} is smaller ({a.params} < {b.params} params, {a.macs} <= {b.macs} MACs) and at least "
+                f"as accurate ({a.accuracy:.4f} vs {b.accuracy:.4f})")
     return None
 
 
 @dataclass
 class Headline:
-    """The smallest variant that kept the dense model's accuracy, against the dense model.
+    """The smallest variant that kept the best accuracy of the run, against the dense model.
 
-    ``dense_params`` is the dense model's parameter count; ``dense_accuracy`` the best accuracy of any
-    dense-size model of the run (round 0, and rounds that compaction could not shrink: each was a
-    model users could have deployed instead), taken from the portfolio and its skipped entries;
-    ``variant`` is the smallest variant whose accuracy is within ``max_accuracy_drop`` of it; ``size_ratio`` = dense params / its params; ``latency_ratio`` = host fp32 p50 of the
-    dense-size program (the largest variant, when it has the dense model's parameter count) / its
-    p50, or None where either is unmeasured.
+    ``dense_params`` and ``dense_accuracy`` describe round 0, the dense model; ``best_accuracy`` is the
+    best accuracy of any round (kept or skipped), the reference: ``variant`` is the smallest variant
+    whose accuracy is within ``max_accuracy_drop`` of it (so also of the dense model's, which is never
+    higher). ``size_ratio`` = dense params / its params; ``latency_ratio`` = host fp32 p50 of the
+    full-size program (the largest variant, when it has the dense model's parameter count) / its p50,
+    or None where either is unmeasured.
     """
 
     variant: Variant
     dense_params: int
     dense_accuracy: float
+    best_accuracy: float
     size_ratio: float
     macs_ratio: float | None
     latency_ratio: float | None
@@ -328,34 +332,33 @@ class Headline:
         accuracy = self.variant.accuracy or 0.0
         latency = f", {self.latency_ratio:.2f}x faster (host fp32)" if self.latency_ratio is not None else ""
         return (f"{self.variant.name}: {self.size_ratio:.2f}x smaller than dense ({self.variant.params:,} vs "
-                f"{self.dense_params:,} params){latency}, accuracy {100 * accuracy:.1f}% vs dense "
-                f"{100 * self.dense_accuracy:.1f}%")
+                f"{self.dense_params:,} params){latency}, accuracy {100 * accuracy:.1f}% (dense "
+                f"{100 * self.dense_accuracy:.1f}%, best round {100 * self.best_accuracy:.1f}%)")
 
 
 def headline(portfolio: Portfolio, max_accuracy_drop: float = 0.01) -> Headline | None:
-    """The portfolio's :class:`Headline`, or None without round 0's accuracy or a variant that keeps it.
+    """The portfolio's :class:`Headline`, or None without round 0's accuracy or a variant close enough.
 
     Example::
 
         >>> import tempfile
         >>> from lightning_shifter.portfolio import Portfolio, Variant, headline
         >>> p = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 4))
-        >>> for r, (params, acc, ms) in enumerate([(1000, 0.97, 2.0), (200, 0.965, 0.5), (50, 0.90, 0.2)]):
+        >>> for r, (params, acc, ms) in enumerate([(1000, 0.96, 2.0), (200, 0.965, 0.5), (50, 0.90, 0.2)]):
         ...     p.put_variant(Variant(f"round-{r:02d}", r, 0.5 ** r, params, 10 * params,
         ...                           metrics={"val_acc_compacted": acc}, host={"fp32": {"p50_ms": ms}},
         ...                           compaction={"params_before": 1000}))
         >>> headline(p).text()
-        'round-01: 5.00x smaller than dense (200 vs 1,000 params), 4.00x faster (host fp32), accuracy 96.5% vs dense 97.0%'
+        'round-01: 5.00x smaller than dense (200 vs 1,000 params), 4.00x faster (host fp32), accuracy 96.5% (dense 96.0%, best round 96.5%)'
     """
     rounds = {v.round: v for v in [*(s.variant for s in portfolio.skipped), *portfolio.variants]}
     dense = rounds.get(0)
     if dense is None or dense.accuracy is None:
         return None
     dense_params = int(dense.compaction.get("params_before", dense.params))
-    dense_accuracy = max([dense.accuracy, *(v.accuracy for v in rounds.values()
-                                            if v.params == dense_params and v.accuracy is not None)])
+    best_accuracy = max(v.accuracy for v in rounds.values() if v.accuracy is not None)
     close = [v for v in portfolio.variants
-             if v.accuracy is not None and v.accuracy >= dense_accuracy - max_accuracy_drop]
+             if v.accuracy is not None and v.accuracy >= best_accuracy - max_accuracy_drop]
     if not close:
         return None
     best = min(close, key=lambda v: (v.params, -(v.accuracy or 0.0), v.round))
@@ -367,8 +370,8 @@ def headline(portfolio: Portfolio, max_accuracy_drop: float = 0.01) -> Headline 
         if all(isinstance(m, (int, float)) and m > 0 for m in ms):
             latency = ms[0] / ms[1]
     macs = dense.macs / best.macs if dense.macs and best.macs else None
-    return Headline(best, dense_params, float(dense_accuracy), dense_params / best.params, macs, latency,
-                    None if reference is None else reference.name)
+    return Headline(best, dense_params, float(dense.accuracy), float(best_accuracy), dense_params / best.params,
+                    macs, latency, None if reference is None else reference.name)
 
 
 class Portfolio:

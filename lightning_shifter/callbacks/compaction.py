@@ -49,10 +49,11 @@ class Compaction(Callback):
             or ``fit(val_dataloaders=...)`` is used (the first loader if there are several).
         unpack_batch: batch -> ``(inputs, targets)``; by default ``(batch[0], batch[1])``.
         keep: which rounds become variants (:func:`~lightning_shifter.portfolio.keep_decision`).
-            ``"distinct"`` (default): one variant per compacted size, the most accurate one; IMP makes
-            many full-size rounds before compaction starts to pay, and they would only be copies.
-            ``"pareto"``: only the accuracy / size Pareto front. ``"all"``: every round. A round not
-            kept (or replaced later) is listed with the reason in the manifest's ``skipped`` entries.
+            ``"pareto"`` (default): the accuracy / size Pareto front, plus the most accurate full-size
+            round as the reference: IMP makes many rounds that are no smaller or no better than
+            another, and they would only be copies. ``"distinct"``: one variant per compacted size,
+            the most accurate. ``"all"``: every round. A round not kept (or replaced later) is listed
+            with the reason in the manifest's ``skipped`` entries, and nothing of it stays on disk.
 
     Example::
 
@@ -75,7 +76,7 @@ class Compaction(Callback):
         input_dtype: str = "float32",
         evaluate: bool = True,
         unpack_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        keep: str = "distinct",
+        keep: str = "pareto",
     ) -> None:
         if example_input_shape is not None:
             example_input_shape = tuple(example_input_shape)
