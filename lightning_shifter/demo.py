@@ -416,7 +416,11 @@ def budget_schedule(options: Sequence[Option], duration_s: float, margin: float 
     return [(i * phase, budget) for i, budget in enumerate(budgets)]
 
 
-def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float = 0.01,
+#: Seconds between two inferences of the demo's host switching session.
+SESSION_INTERVAL_S = 0.01
+
+
+def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float = SESSION_INTERVAL_S,
                         on_step: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
     """Run one inference every ``interval_s`` for ``duration_s``, letting ``switcher``'s policy pick
     the program from its signals before each; return the events in the report's session format.

@@ -445,14 +445,21 @@ def load_method(path: str | os.PathLike) -> tuple[Method, float]:
 
 
 def latency_percentiles(method: Method, inputs: Sequence[torch.Tensor], warmup: int = 3,
-                        runs: int = 20) -> tuple[float, float]:
-    """p50 and p90 (ms) of ``method.execute(inputs)`` over ``runs`` timed runs after ``warmup``."""
+                        runs: int = 20, interval_s: float = 0.0) -> tuple[float, float]:
+    """p50 and p90 (ms) of ``method.execute(inputs)`` over ``runs`` timed runs after ``warmup``.
+
+    With ``interval_s`` > 0 the runs are paced, one every ``interval_s`` seconds, as an application
+    that infers at a fixed rate runs them: caches go cold in between, and small programs take much
+    longer than back to back.
+    """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     for _ in range(warmup):
         method.execute(inputs)
     samples = []
     for _ in range(runs):
+        if interval_s > 0:
+            time.sleep(interval_s)
         start = time.perf_counter()
         method.execute(inputs)
         samples.append((time.perf_counter() - start) * 1e3)
@@ -699,11 +706,12 @@ class Switcher:
         """The first output of :meth:`run`."""
         return self.run(*inputs).outputs[0]
 
-    def remeasure(self, warmup: int = 3, runs: int = 20) -> list[Option]:
-        """Time every preloaded program again (e.g. after the load on the machine changed)."""
+    def remeasure(self, warmup: int = 3, runs: int = 20, interval_s: float = 0.0) -> list[Option]:
+        """Time every preloaded program again (e.g. after the load on the machine changed, or paced
+        at the rate the application will infer at: ``interval_s``, see :func:`latency_percentiles`)."""
         for program in self._programs.values():
             with program.lock:
-                latency_ms, _ = latency_percentiles(program.method, [self._example], warmup, runs)
+                latency_ms, _ = latency_percentiles(program.method, [self._example], warmup, runs, interval_s)
             o = program.option
             program.option = Option(o.name, o.precision, o.accuracy, latency_ms, o.memory_mb)
         return self.options()
