@@ -107,7 +107,7 @@ def prune_fraction_for(final_density: float, rounds: int) -> float:
     Example::
 
         >>> round(prune_fraction_for(0.005, 15), 4)  # 15 rounds of 29.8% each end at density 0.5%
-        0.2977
+        0.2976
     """
     if not isinstance(final_density, (int, float)) or not 0.0 < final_density < 1.0:
         raise MisconfigurationException(
