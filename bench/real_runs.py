@@ -55,7 +55,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).parent))
-from switching import rss_growth_mib  # noqa: E402  (bench/switching.py)
+from switching import rss_growth_mib, warm_program  # noqa: E402  (bench/switching.py)
 
 from lightning_shifter import Compaction, IterativeMagnitudePruning  # noqa: E402
 from lightning_shifter.compaction import compact  # noqa: E402
@@ -273,11 +273,13 @@ def portfolio_memory(portfolio: Portfolio, twin: Portfolio, names: list[str], sh
                      console: Console) -> dict[str, Any]:
     """Resident memory of all ``names`` preloaded: compacted, the same rounds uncompacted, one dense program."""
     dense = "round-00"
+    warm = warm_program(shape, twin.root)
     host = {
-        "compacted_portfolio": rss_growth_mib([portfolio.file_path(n, "fp32") for n in names], shape),
-        "uncompacted_portfolio": rss_growth_mib([twin.file_path(n, "fp32") for n in names], shape),
-        "one_dense_program": rss_growth_mib([twin.file_path(dense, "fp32")], shape),
+        "compacted_portfolio": rss_growth_mib([portfolio.file_path(n, "fp32") for n in names], shape, warm),
+        "uncompacted_portfolio": rss_growth_mib([twin.file_path(n, "fp32") for n in names], shape, warm),
+        "one_dense_program": rss_growth_mib([twin.file_path(dense, "fp32")], shape, warm),
     }
+    # the native runner: its whole resident set serving these programs (a fixed ~10 MB is the runner)
     memory: dict[str, Any] = {"variants": names, "host_mib": host}
     try:
         from lightning_shifter.device import LocalDevice, RunnerSession, find_runner_build
@@ -339,13 +341,21 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
             f"{100 * head['accuracy']:.1f}% (original rule {head['original_size_x']:.2f}x)",
             "-" if result["rounds_to_pay"] is None else str(result["rounds_to_pay"]),
             f"{len(result['kept_by_default'])} of {len(result['rows'])}",
-            f"{ratio:.2f}x lower; {vs_dense:.2f}x one dense",
+            f"host {ratio:.2f}x lower ({vs_dense:.2f}x one dense)" + _runner_memory(result["memory"]),
         ])
     return rows
 
 
+def _runner_memory(memory: dict[str, Any]) -> str:
+    runner = memory.get("runner_kib")
+    if runner is None:
+        return "; runner not measured"
+    ratio = runner["uncompacted_portfolio"] / runner["compacted_portfolio"]
+    return f"; runner {ratio:.2f}x lower ({runner['compacted_portfolio'] / runner['one_dense_program']:.2f}x one dense)"
+
+
 SUMMARY_COLUMNS = ("model", "criterion", "dense params / acc (best round)", "headline: smallest within 1 pt of the best round",
-                   f"rounds to >= {HEADLINE_SIZE}x", "variants kept (pareto)", "portfolio memory vs uncompacted")
+                   f"rounds to >= {HEADLINE_SIZE}x", "variants kept (pareto)", "memory of the kept variants vs the same uncompacted")
 
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -391,7 +401,7 @@ def main() -> None:
     parser.add_argument("--models", default="vgg,resnet18")
     parser.add_argument("--criteria", default="magnitude,channel",
                         help="magnitude (plain, the paper's) and/or channel (ChannelAwareMagnitude)")
-    parser.add_argument("--alpha", type=float, default=2.0, help="ChannelAwareMagnitude's alpha (default: 2)")
+X
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--final-density", type=float, default=0.005)
     parser.add_argument("--epochs-per-round", type=int, default=3)

@@ -43,9 +43,10 @@ def rss_child(paths: list[str]) -> None:
     from lightning_shifter.runtime import example_input, load_method
 
     x = [example_input(json.loads(os.environ["BENCH_SHAPE"]))]
-    warm, _ = load_method(paths[0])  # the runtime's own first-use allocations are not the models'
+    # the runtime's own first-use allocations are not the models': a tiny program of its own takes them
+    # (warming up with one of ``paths`` would leave its freed pages resident for its measured load)
+    warm, _ = load_method(os.environ["BENCH_WARM"])
     warm.execute(x)
-    del warm
     before = _rss_kib()
     methods = [load_method(p)[0] for p in paths]
     for method in methods:
@@ -66,11 +67,26 @@ def _rss_kib() -> dict[str, int]:
     return fields
 
 
-def rss_growth_mib(paths: list[Path], shape: tuple[int, ...], repeats: int = 3) -> dict[str, float]:
+def warm_program(shape: tuple[int, ...], folder: Path) -> Path:
+    """A tiny fp32 program taking ``shape``: loaded first by :func:`rss_child` to warm the runtime up."""
+    import math
+
+    import torch
+
+    from lightning_shifter.export import lower
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(shape[1:]), 2)).eval()
+    path = folder / "warm.pte"
+    path.write_bytes(lower(torch.export.export(model, (torch.zeros(shape),)))[0])
+    return path
+
+
+def rss_growth_mib(paths: list[Path], shape: tuple[int, ...], warm: Path, repeats: int = 3) -> dict[str, float]:
+    """Median resident-set growth (MiB) of a fresh process loading ``paths`` after ``warm``."""
     samples = []
     for _ in range(repeats):
         out = subprocess.run([sys.executable, __file__, "--rss-child", *map(str, paths)], capture_output=True, text=True,
-                             check=True, env={**os.environ, "BENCH_SHAPE": json.dumps(list(shape))})
+                             check=True, env={**os.environ, "BENCH_SHAPE": json.dumps(list(shape)), "BENCH_WARM": str(warm)})
         samples.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {key: statistics.median(s[key] for s in samples) / 1024 for key in samples[0]}
 
@@ -127,11 +143,12 @@ def main() -> None:
         rebuild_ms = statistics.median(timed_ms(lambda n=n: compacted.load_module(n), args.repeats) for n in names)
         rebuild_infer_ms = statistics.median(timed_ms(lambda n=n: compacted.load_module(n)(x), args.repeats) for n in names)
         del switcher
+        warm = warm_program(SHAPE, work)
 
         memory = {
-            "compacted portfolio": rss_growth_mib([compacted.file_path(n, "fp32") for n in names], SHAPE),
-            "one dense model": rss_growth_mib([compacted.file_path("k00", "fp32")], SHAPE),
-            "uncompacted portfolio": rss_growth_mib([sparse.file_path(n, "fp32") for n in names], SHAPE),
+            "compacted portfolio": rss_growth_mib([compacted.file_path(n, "fp32") for n in names], SHAPE, warm),
+            "one dense model": rss_growth_mib([compacted.file_path("k00", "fp32")], SHAPE, warm),
+            "uncompacted portfolio": rss_growth_mib([sparse.file_path(n, "fp32") for n in names], SHAPE, warm),
         }
         sizes = {"compacted portfolio": sum(v.files["fp32"].bytes for v in compacted) / 2**20,
                  "one dense model": compacted["k00"].files["fp32"].bytes / 2**20,
