@@ -23,7 +23,7 @@ first round with a variant >= 5.14x smaller than dense within that point (DNNShi
 uncompacted and with one dense program.
 
 Run: ``python bench/real_runs.py [--models vgg,resnet18] [--criteria magnitude,channel]
-[--alpha 2] [--rounds 15] [--final-density 0.005] [--epochs-per-round 3] [--accelerator auto]
+[--alpha 3] [--rounds 15] [--final-density 0.005] [--epochs-per-round 3] [--accelerator auto]
 [--update-readme]``; writes ``bench/results/real_runs.json`` (and, with ``--update-readme``, the
 table into README.md). About 20-30 minutes on 2 cores; the training part runs on a GPU with
 ``--accelerator gpu``.
@@ -401,7 +401,7 @@ def main() -> None:
     parser.add_argument("--models", default="vgg,resnet18")
     parser.add_argument("--criteria", default="magnitude,channel",
                         help="magnitude (plain, the paper's) and/or channel (ChannelAwareMagnitude)")
-X
+    parser.add_argument("--alpha", type=float, default=3.0, help="ChannelAwareMagnitude's alpha (default: 3)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--final-density", type=float, default=0.005)
     parser.add_argument("--epochs-per-round", type=int, default=3)
