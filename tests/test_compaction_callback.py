@@ -385,3 +385,22 @@ def test_a_new_fit_into_a_filled_portfolio_says_what_it_replaces(run: SimpleName
     shutil.copytree(run.root / "portfolio", copy)
     with pytest.warns(UserWarning, match=r"already holds variants \['round-00', 'round-01', 'round-02'\]"):
         fit(tmp_path, [imp(), Compaction(copy, example_input_shape=SHAPE)])
+
+
+def test_the_default_keeps_no_dominated_round_and_lists_the_others(tmp_path: Path) -> None:
+    pruning, compaction = imp(), Compaction(tmp_path / "portfolio", example_input_shape=SHAPE)
+    fit(tmp_path, [pruning, compaction])
+    portfolio = Portfolio.open(tmp_path / "portfolio")
+    kept, skipped = portfolio.variants, portfolio.skipped
+    assert skipped, "rounds 0 and 1 have the same compacted size: one of them is not kept"
+    assert sorted([*portfolio.names, *(s.variant.name for s in skipped)]) == [f"round-{r:02d}" for r in range(ROUNDS + 1)]
+    for a in kept:  # keep="pareto": no kept variant is beaten by another on accuracy with no more params and MACs
+        for b in kept:
+            full_size = a.params == a.compaction["params_before"]
+            if a is not b and not full_size:
+                assert not (b.accuracy >= a.accuracy and b.params <= a.params and b.macs <= a.macs), (a.name, b.name)
+    assert len({v.params for v in kept}) == len(kept)  # no two of the same size
+    for entry in skipped:  # measured, explained, and nothing left on disk
+        assert entry.reason.split()[0] in {v.name for v in kept} | {s.variant.name for s in skipped}
+        assert "val_acc_compacted" in entry.variant.metrics and not (tmp_path / "portfolio" / entry.variant.name).exists()
+    assert compaction.saved_rounds == list(range(ROUNDS + 1))
