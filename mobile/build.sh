@@ -5,6 +5,11 @@
 #   mobile/build.sh aarch64   linux-aarch64 cross build against the aarch64 executorch wheel
 #                             (downloaded once with pip); run it with
 #                             qemu-aarch64 -L /usr/aarch64-linux-gnu <binary> ...
+#   mobile/build.sh arm64-bundle
+#                             arm64 Android phones without an NDK: the aarch64 build made
+#                             self-contained (runner, libexecutorch*.so, the cross sysroot's glibc
+#                             loader and libraries) under build/mobile/arm64-bundle/, started by
+#                             bin/shifter_runner through the bundled loader (see mobile/README.md)
 #   mobile/build.sh android   Android arm64-v8a; needs ANDROID_NDK and EXECUTORCH_ANDROID, and
 #                             SHIFTER_JSON_INCLUDE_DIR (else nlohmann/json is downloaded)
 #                             (see mobile/android/README.md)
@@ -87,6 +92,51 @@ PY
       -DCMAKE_PREFIX_PATH="$sdk_dir/executorch/share/cmake" \
       ${json_dir:+-Dnlohmann_json_DIR="$json_dir"}
     ;;
+  arm64-bundle)
+    runner="$("$mobile_dir/build.sh" aarch64 | tail -n1)"
+    readelf=aarch64-linux-gnu-readelf
+    sysroot=/usr/aarch64-linux-gnu/lib
+    command -v "$readelf" >/dev/null || die "$readelf not found; apt-get install -y binutils-aarch64-linux-gnu"
+    # Libraries: the runner's DT_NEEDED, transitively, from its RUNPATH (the aarch64 wheel) or the sysroot.
+    search=()
+    IFS=: read -r -a search <<<"$("$readelf" -d "$runner" | sed -n 's/.*(RUNPATH).*\[\(.*\)\]/\1/p' |
+                                sed "s|\$ORIGIN|$(dirname "$runner")|g")"
+    search+=("$sysroot")
+    bundle="$build_root/arm64-bundle"
+    rm -rf "$bundle.tmp" && mkdir -p "$bundle.tmp/bin" "$bundle.tmp/lib"
+    pending=("$runner")
+    while ((${#pending[@]})); do
+      binary="${pending[0]}"; pending=("${pending[@]:1}")
+      for name in $("$readelf" -d "$binary" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+        [[ -e "$bundle.tmp/lib/$name" ]] && continue
+        found=""
+        for folder in "${search[@]}"; do
+          [[ -f "$folder/$name" ]] && { found="$folder/$name"; break; }
+        done
+        [[ -n "$found" ]] || die "$name (needed by $binary) is in none of: ${search[*]}"
+        cp -L "$found" "$bundle.tmp/lib/$name"
+        pending+=("$found")
+      done
+    done
+    interpreter="$("$readelf" -l "$runner" | sed -n 's/.*program interpreter: \(.*\)\]/\1/p')"
+    cp -L "$sysroot/$(basename "$interpreter")" "$bundle.tmp/lib/"
+    cp "$runner" "$bundle.tmp/lib/shifter_runner-aarch64"
+    chmod 755 "$bundle.tmp"/lib/*
+    # The launcher: /system/bin/sh is the shell of every Android release (on another aarch64 Linux,
+    # run it as `sh bin/shifter_runner`). The loader's --library-path replaces LD_LIBRARY_PATH and any
+    # system library folder, so only the bundle's libraries are loaded.
+    cat >"$bundle.tmp/bin/shifter_runner" <<LAUNCHER
+#!/system/bin/sh
+# shifter_runner for arm64 devices without an NDK build (mobile/build.sh arm64-bundle): the aarch64
+# runner with the glibc it was linked against, started through the bundled loader.
+case \$0 in */*) bin=\${0%/*} ;; *) bin=\$(dirname -- "\$(command -v -- "\$0")") ;; esac
+lib="\$bin/../lib"
+exec "\$lib/$(basename "$interpreter")" --library-path "\$lib" "\$lib/shifter_runner-aarch64" "\$@"
+LAUNCHER
+    chmod 755 "$bundle.tmp/bin/shifter_runner"
+    rm -rf "$bundle" && mv "$bundle.tmp" "$bundle"
+    echo "$bundle/bin/shifter_runner"
+    ;;
   android)
     [[ -n "${ANDROID_NDK:-}" && -f "$ANDROID_NDK/build/cmake/android.toolchain.cmake" ]] ||
       die "set ANDROID_NDK to your NDK (r26 or newer); see mobile/android/README.md"
@@ -101,6 +151,6 @@ PY
       "${json_args[@]}"
     ;;
   *)
-    die "usage: mobile/build.sh host|aarch64|android"
+    die "usage: mobile/build.sh host|aarch64|arm64-bundle|android"
     ;;
 esac
