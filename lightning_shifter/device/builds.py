@@ -2,9 +2,11 @@
 
 ``mobile/build.sh <target>`` puts ``shifter_runner`` under ``build/mobile/<target>/``. A device asks
 for a build by ABI: ``x86_64`` runs the Linux host build (this machine, or the loopback test phone),
-``arm64-v8a`` the Android build. The libraries to push with it are found from the binary itself: its
-``DT_NEEDED`` entries resolved (transitively) in its ``RUNPATH``; anything not found there is a
-system library the device already has (libc, libm, libc++ ...).
+``arm64-v8a`` the Android NDK build, or, where none was made, the self-contained arm64 bundle
+(``mobile/build.sh arm64-bundle``: no NDK needed). The libraries to push with a binary are found
+from the binary itself: its ``DT_NEEDED`` entries resolved (transitively) in its ``RUNPATH``;
+anything not found there is a system library the device already has (libc, libm, libc++ ...). A
+bundle brings every library it loads in its ``lib/`` folder.
 
 Example::
 
@@ -27,6 +29,8 @@ RUNNER_NAME = "shifter_runner"
 # device ABI -> build.sh target
 BUILD_TARGETS = {"x86_64": "host", "arm64-v8a": "android-arm64-v8a"}
 _BUILD_COMMANDS = {"host": "mobile/build.sh host", "android-arm64-v8a": "mobile/build.sh android"}
+# device ABI -> build.sh target of a bundle (bin/shifter_runner + lib/), used where BUILD_TARGETS' is not built
+BUNDLE_TARGETS = {"arm64-v8a": "arm64-bundle"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,17 @@ class RunnerBuild:
         if not executable.is_file():
             raise DeviceError(f"runner executable {executable} does not exist: build it with mobile/build.sh")
         return cls(abi, executable, tuple(shared_libraries(executable)))
+
+    @classmethod
+    def from_bundle(cls, abi: str, folder: str | os.PathLike) -> RunnerBuild:
+        """A bundle from ``mobile/build.sh arm64-bundle``: the launcher ``bin/shifter_runner`` and
+        everything in ``lib/`` (the loader, the C and C++ runtimes, ExecuTorch and the runner itself)."""
+        folder = Path(folder).resolve()
+        launcher, libraries = folder / "bin" / RUNNER_NAME, sorted((folder / "lib").glob("*"))
+        if not launcher.is_file() or not any(lib.name.startswith("ld-linux") for lib in libraries):
+            raise DeviceError(f"{folder} is not a complete runner bundle: build it again with "
+                              "`mobile/build.sh arm64-bundle`")
+        return cls(abi, launcher, tuple(lib for lib in libraries if lib.is_file()))
 
 
 def default_build_root() -> Path:
@@ -74,8 +89,11 @@ def find_runner_build(abi: str, build_root: str | os.PathLike | None = None) -> 
         Traceback (most recent call last):
             ...
         lightning_shifter.device.transport.DeviceError: no runner build for ABI arm64-v8a at
-        no-builds-here/android-arm64-v8a/shifter_runner: build it with `mobile/build.sh android`
-        (needs ANDROID_NDK and EXECUTORCH_ANDROID, see mobile/android/README.md)
+        no-builds-here/android-arm64-v8a/shifter_runner: build it with `mobile/build.sh arm64-bundle`
+        (no NDK needed) or `mobile/build.sh android` (needs ANDROID_NDK and EXECUTORCH_ANDROID, see
+        mobile/android/README.md)
+        >>> find_runner_build("arm64-v8a").executable.parent.parent.name  # doctest: +SKIP
+        'arm64-bundle'
     """
     target = BUILD_TARGETS.get(abi)
     if target is None:
@@ -85,9 +103,14 @@ def find_runner_build(abi: str, build_root: str | os.PathLike | None = None) -> 
         )
     root = Path(build_root) if build_root is not None else default_build_root()
     executable = root / target / RUNNER_NAME
+    bundle = BUNDLE_TARGETS.get(abi)
+    if not executable.is_file() and bundle is not None and (root / bundle / "bin" / RUNNER_NAME).is_file():
+        return RunnerBuild.from_bundle(abi, root / bundle)
     if not executable.is_file():
         raise DeviceError(
-            f"no runner build for ABI {abi} at {executable}: build it with `{_BUILD_COMMANDS[target]}`"
+            f"no runner build for ABI {abi} at {executable}: build it with "
+            + (f"`mobile/build.sh {bundle}` (no NDK needed) or " if bundle else "")
+            + f"`{_BUILD_COMMANDS[target]}`"
             + (" (needs ANDROID_NDK and EXECUTORCH_ANDROID, see mobile/android/README.md)" if target != "host" else "")
         )
     return RunnerBuild.from_executable(abi, executable)
