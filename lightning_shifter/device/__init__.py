@@ -33,6 +33,7 @@ from lightning_shifter.device.transport import (
     DeviceError,
     LocalDevice,
     adb_client,
+    adb_server_port,
     find_adb,
     list_devices,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "SwitchReport",
     "VariantBench",
     "adb_client",
+    "adb_server_port",
     "bench",
     "collect_facts",
     "deploy",
