@@ -25,6 +25,7 @@ MODULES = [
     "lightning_shifter.device.builds",
     "lightning_shifter.device.facts",
     "lightning_shifter.device.harness",
+    "lightning_shifter.device.runner",
     "lightning_shifter.device.transport",
     "lightning_shifter.export",
     "lightning_shifter.imp",
