@@ -46,7 +46,6 @@ import shutil
 import signal
 import socket
 import socketserver
-import stat
 import struct
 import subprocess
 import tempfile

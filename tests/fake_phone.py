@@ -12,8 +12,9 @@ the shell user can reach (``/data/local/tmp``, ``/sdcard``, ``/system``, ``/sys`
   ``HOME=/``, ``ANDROID_*``), starting in ``/``;
 * inside a bubblewrap sandbox (user, mount, pid, ipc, uts and network namespaces) whose file system
   has only device paths: ``/data/local/tmp`` writable, ``/sdcard`` (``/storage/emulated/0``)
-  writable but mounted ``noexec`` as on phones, ``/system``, ``/sys`` and ``/proc`` read-only, a
-  read-only root, and no ``/tmp``, ``/usr``, ``/home`` or ``/etc`` files. The one trace of this
+  writable but mounted ``noexec`` as on phones, ``/system`` and ``/sys`` read-only, ``/proc`` of its
+  own process namespace, a read-only root, and no ``/tmp``, ``/usr`` or ``/home`` and no ``/etc``
+  files but ``hosts`` (``/etc`` is ``/system/etc``, as on phones). The one trace of this
   machine is the x86-64 C runtime (``/lib64/ld-linux-x86-64.so.2``, ``/lib/x86_64-linux-gnu``) that
   the stand-in's own tools (mksh, toybox, awk, qemu) are linked against, playing the part of the
   phone's ``/system/lib64``;

@@ -405,7 +405,7 @@ def test_arm64_phone_without_an_ndk_runs_the_bundle_from_deploy_to_report(server
         assert session.ready["isolation"] == "subprocess"  # the trial child started through the bundled loader
         assert all(v["check_ms"] > 0 for v in session.ready["variants"].values())
 
-    assert main(["device", "bench", *target, "--precisions", "fp32", "int8", "--warmup", "1", "--runs", "5",
+    assert main(["device", "bench", *target, "--precisions", "fp32", "int8", "--warmup", "1", "--runs", "10",
                  "--reloads", "1"]) == 0
     assert "arm-1: Pixel Loop, arm64-v8a" in capsys.readouterr().out
     saved = Portfolio.open(portfolio)
