@@ -1,8 +1,9 @@
 """Deploy a portfolio to devices, benchmark it there, and run switching sessions.
 
-* :func:`deploy` pushes the runner built for the device's ABI, its shared libraries, a manifest and
-  the variants' programs into the device's work directory, skipping files whose sha256 already
-  matches there, and verifies every file's sha256 on the device.
+* :func:`deploy` pushes the runner built for the device's ABI (for an arm64 phone without an NDK
+  build, the self-contained arm64 bundle), its shared libraries, a manifest and the variants'
+  programs into the device's work directory, skipping files whose sha256 already matches there,
+  verifies every file's sha256 on the device, and checks that the runner starts there.
 * :func:`bench` measures, per variant, load time, first inference, latency percentiles, peak memory,
   and the switching overhead (a preloaded switch vs loading the variant from storage), plus the
   memory of the whole portfolio vs one dense model, and device facts collected once; each variant's
