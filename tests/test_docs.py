@@ -26,6 +26,7 @@ MODULES = [
     "lightning_shifter.device.facts",
     "lightning_shifter.device.harness",
     "lightning_shifter.device.locator",
+    "lightning_shifter.device.runner",
     "lightning_shifter.device.transport",
     "lightning_shifter.export",
     "lightning_shifter.imp",

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -35,9 +36,9 @@ def portfolio(tmp_path_factory) -> Portfolio:
 class RunnerProcess:
     """A running shifter_runner spoken to line by line."""
 
-    def __init__(self, command: list[str], cwd: Path | None = None) -> None:
+    def __init__(self, command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, env=env
         )
         self.ready = self.read()
 
@@ -344,7 +345,27 @@ def program_that_aborts_the_runtime(pte: bytes) -> bytes:
     return bytes(serialize_pte_binary(program, extract_delegate_segments=True))
 
 
-def test_program_that_crashes_the_runtime_is_isolated(runner_binary, portfolio, tmp_path):
+def elf_interpreter(binary: Path) -> str:
+    """The dynamic loader an ELF executable names (PT_INTERP)."""
+    data = binary.read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for index in range(phnum):
+        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + index * phentsize)
+        if p_type == 3:  # PT_INTERP
+            return data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
+    raise AssertionError(f"{binary} names no loader")
+
+
+@pytest.mark.parametrize("started", ["directly", "through its loader"])
+def test_program_that_crashes_the_runtime_is_isolated(runner_binary, portfolio, tmp_path, started):
+    from lightning_shifter.device.builds import shared_libraries
+
+    # Through its loader (as the arm64 bundle starts the runner) /proc/self/exe is the loader: the
+    # trial child must be started through it too, with the loader's arguments.
+    command = [str(runner_binary)] if started == "directly" else [
+        elf_interpreter(runner_binary), "--library-path", str(shared_libraries(runner_binary)[0].parent),
+        str(runner_binary)]
     directory = tmp_path / "p"
     shutil.copytree(portfolio.directory, directory)
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -355,9 +376,9 @@ def test_program_that_crashes_the_runtime_is_isolated(runner_binary, portfolio, 
     # The manifest vouches for the damaged bytes, so size and sha256 checks pass.
     victim["files"]["fp32"].update(bytes=len(damaged), sha256=hashlib.sha256(damaged).hexdigest())
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    unprotected = run_once([str(runner_binary), "--portfolio", str(directory), "--isolate", "off"], input="")
+    unprotected = run_once([*command, "--portfolio", str(directory), "--isolate", "off"], input="")
     assert unprotected.returncode < 0 and unprotected.stdout == ""  # what isolation prevents
-    process = RunnerProcess([str(runner_binary), "--portfolio", str(directory)])
+    process = RunnerProcess([*command, "--portfolio", str(directory)])
     try:
         assert process.ready["isolation"] == "subprocess"
         assert [f["name"] for f in process.ready["failed"]] == [victim["name"]]
@@ -487,3 +508,41 @@ def test_aarch64_cross_build_runs_under_qemu(portfolio):
         assert 0 < bench["p50_ms"] <= bench["p99_ms"]
     finally:
         assert process.close() == 0
+
+
+@pytest.mark.slow
+def test_arm64_bundle_serves_a_portfolio_with_nothing_but_its_own_files(portfolio, tmp_path):
+    """The arm64 bundle for phones without an NDK build, under qemu-user with an empty library prefix:
+    only the bundle's loader and libraries can be found."""
+    assert shutil.which("qemu-aarch64"), "qemu-aarch64 is missing: apt-get install -y qemu-user g++-aarch64-linux-gnu"
+    bundle = build_runner("arm64-bundle").parent.parent
+    launcher = (bundle / "bin/shifter_runner").read_text()
+    assert launcher.startswith("#!/system/bin/sh\n") and "--library-path" in launcher
+    libraries = {path.name for path in (bundle / "lib").iterdir()}
+    assert {"ld-linux-aarch64.so.1", "libc.so.6", "libstdc++.so.6", "libexecutorch.so",
+            "shifter_runner-aarch64"} <= libraries
+    empty = tmp_path / "empty-prefix"
+    empty.mkdir()
+    env = {"PATH": os.environ["PATH"], "QEMU_LD_PREFIX": str(empty)}
+    program = bundle / "lib/shifter_runner-aarch64"
+    # the program alone finds no C library: nothing outside the bundle is visible
+    alone = subprocess.run(["qemu-aarch64", str(program), "--version"], env=env, capture_output=True, timeout=60)
+    assert alone.returncode != 0
+    command = ["qemu-aarch64", str(bundle / "lib/ld-linux-aarch64.so.1"), "--library-path", str(bundle / "lib"),
+               str(program)]
+    version = subprocess.run([*command, "--version"], env=env, capture_output=True, timeout=60)
+    assert json.loads(version.stdout)["executorch"].startswith("1.5.1")
+    runner = RunnerProcess([*command, "--portfolio", str(portfolio.directory)], env=env)
+    try:
+        assert runner.ready["loaded"] == list(portfolio.models) and runner.ready["failed"] == []
+        # qemu-user alone cannot exec the aarch64 loader for the trial child (binfmt_misc can: the
+        # arm64 stand-in phone in test_device.py checks "subprocess" there)
+        assert runner.ready["isolation"] in ("subprocess", "unavailable: the child could not execute this program")
+        x = pattern_input()
+        for name in portfolio.models:
+            assert runner.send({"cmd": "switch", "variant": name})["ok"]
+            native = np.asarray(runner.send({"cmd": "infer"})["output"], dtype=np.float32)
+            np.testing.assert_allclose(native, python_executorch(portfolio.pte(name), x).reshape(-1), rtol=0, atol=1e-5)
+        assert runner.send({"cmd": "stats"})["peak_rss_kb"] > 0
+    finally:
+        assert runner.close() == 0

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "isolated_check.h"
 #include "manifest.h"
 #include "protocol.h"
 #include "runner.h"
@@ -215,6 +216,7 @@ int bench_once(Runner& runner, const Options& options) {
 
 int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
+  remember_argument_count(argc);
   const Options options = parse_options(argc, argv);
   if (!options.sha256_files.empty()) {
     for (const std::string& path : options.sha256_files) {
