@@ -4,9 +4,21 @@ structures, random sparsity, dead filters and random batch-norm (constant channe
 Activations here are injective or analytic (leaky ReLU, GELU, SiLU, tanh) so that "identically zero
 on random inputs" means "provably zero", which lets the test check, without trusting the analysis,
 that no zero or unused channel survives where removal is local (its only reader is one layer).
+That holds in exact arithmetic, and so it is judged in float64: in float32, GELU and SiLU of a
+moderately negative value round to exactly 0 (GELU(-6) is -6e-9 in float64, 0 in float32), so a
+channel can be zero on every input of a batch, even a constant channel on every input at all,
+without being provably zero. (Every example that failed the float32 form of this check, found by
+running 4,500 generated networks, was such a channel: a varying depthwise output and a constant
+bottleneck output, both read by padded convolutions, and the analysis rightly kept both.)
+
+Examples are reproducible: the network's initial weights come from a drawn seed, not from torch's
+global generator. ``make test`` runs a fixed set of examples (the default profile in
+tests/conftest.py); ``--hypothesis-profile=thorough`` draws 1,000 new ones.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -133,6 +145,15 @@ class Net(nn.Module):
 
 @st.composite
 def networks(draw: st.DrawFn) -> tuple[Net, int]:
+    """A random network and a seed; its initial weights come from that seed too, so an example is
+    reproducible (Hypothesis controls its own draws, not torch's global generator)."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _network(draw), seed
+
+
+def _network(draw: st.DrawFn) -> Net:
     act = lambda: draw(st.sampled_from(sorted(ACTIVATIONS)))  # noqa: E731
     width = lambda: draw(st.sampled_from([4, 6, 8]))  # noqa: E731
     channels, spatial = 4, 6
@@ -162,7 +183,7 @@ def networks(draw: st.DrawFn) -> tuple[Net, int]:
             cout = channels
         channels = cout
     head = Head(channels, spatial, draw(st.sampled_from([5, 8])), 3, draw(st.booleans()), act())
-    return Net(blocks, head), draw(st.integers(0, 2**31 - 1))
+    return Net(blocks, head)
 
 
 def sparsify(model: nn.Module, seed: int) -> None:
@@ -215,13 +236,13 @@ def activations(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tens
     return seen
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # examples: the profile's
 @given(networks())
 def test_random_networks_compact_exactly_and_completely(case: tuple[Net, int]) -> None:
     model, seed = case
     sparsify(model, seed)
     model.eval()
-    example = torch.randn(1, 3, 6, 6)
+    example = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(seed + 1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = compact(model, example)
     compacted, report = result.module, result.report
@@ -243,10 +264,11 @@ def test_random_networks_compact_exactly_and_completely(case: tuple[Net, int]) -
     assert again.params_after == again.params_before == report.params_after
 
     # complete: where a channel feeds a single reader and nothing else, no zero or unused
-    # channel survives (placeholders, kept so that a layer keeps one channel, aside)
+    # channel survives (placeholders, kept so that a layer keeps one channel, aside); zero is
+    # judged in float64, on the batch and on it scaled up (which no underflow survives)
     placeholders = {layer.name for layer in report.layers if layer.placeholders}
     pairs = [(p, r) for p, r in model.internal_pairs() if not {p + ".0", p, r} & placeholders]
-    seen = activations(compacted, [r for _, r in pairs], x)
+    seen = activations(copy.deepcopy(compacted).double(), [r for _, r in pairs], torch.cat([x, 10 * x]).double())
     for producer, reader in pairs:
         module = compacted.get_submodule(reader)
         flat = module.weight.reshape(module.weight.shape[0], module.weight.shape[1], -1)
