@@ -180,6 +180,7 @@ def add_variant(
 
     # Unlisted before its files are overwritten: a crash in between leaves the variant missing (and
     # redone on resume), never listed with a file that fails its sha256.
+    portfolio.remove_stale_temporaries()  # of writers killed before
     if name in portfolio:
         portfolio.remove_variant(name)
     entry = portfolio.write_file(name, "pt2", lambda f: torch.export.save(program, f))
