@@ -348,8 +348,10 @@ def export_portfolio(
     """Export every variant of a portfolio to ExecuTorch, check each program and record it.
 
     Args:
-        portfolio_dir: a portfolio with a ``model.pt2`` per variant (the Compaction callback's output);
-            it is opened with every file's sha256 checked.
+        portfolio_dir: a portfolio with a ``model.pt2`` per variant (the Compaction callback's output).
+            Each ``model.pt2`` is checked (archive and sha256) before it is loaded, each program
+            before it is skipped; a damaged program is exported again, a damaged ``model.pt2``
+            fails its variant.
         precisions: ``"fp32"`` and/or ``"int8"``.
         calibration_data: batches (tensors or ``(inputs, targets, ...)``) of the user's data; int8 is
             calibrated on the first ``calibration_batches`` of them. By default the validation inputs.

@@ -1,8 +1,10 @@
 """Host-side switching between the variants of an exported portfolio.
 
-The :class:`Switcher` opens a portfolio, verifies every file's sha256, preloads every variant's
-ExecuTorch program (memory-mapped) and keeps its ``forward`` method loaded, so moving to another
-variant is a pointer swap instead of a load from storage. Which variant runs is decided by a
+The :class:`Switcher` opens a portfolio, verifies every file's sha256, trial-loads every program in
+a forked child (:mod:`lightning_shifter.trial`: a program that would crash the runtime is an error,
+not the end of this process), preloads every variant's ExecuTorch program (memory-mapped) and
+keeps its ``forward`` method loaded, so moving to another variant is a pointer swap instead of a
+load from storage. Which variant runs is decided by a
 :class:`Policy` from measured latencies, recorded accuracies and the current *conditions*: a dict of
 floats merged from pluggable signals (CPU load, a latency budget that changes over time, battery and
 thermal state).
