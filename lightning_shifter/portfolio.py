@@ -183,12 +183,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# the accuracies this package records and reads (Variant.accuracy, the switching policies)
+ACCURACY_METRICS = ("val_acc_sparse", "val_acc_compacted", "val_acc_fp32", "val_acc_int8")
+
+
 def _metrics(value: Any, where: str) -> dict[str, float]:
-    """Numbers by name; accuracies (``val_acc_*``) are fractions in [0, 1]."""
+    """Numbers by name (a training run's own metrics among them); the package's accuracies are
+    fractions in [0, 1]."""
     checked = mapping(text(128), number())(value, where)
-    for key, metric in checked.items():
-        if key.startswith("val_acc") and not 0 <= metric <= 1:
-            raise SchemaError(f"{where}.{key}: an accuracy is a fraction from 0 to 1, got {metric!r}")
+    for key in ACCURACY_METRICS:
+        if key in checked and not 0 <= checked[key] <= 1:
+            raise SchemaError(f"{where}.{key}: an accuracy is a fraction from 0 to 1, got {checked[key]!r}")
     return checked
 
 
