@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import select
+import selectors
 import signal
 import threading
 import time
@@ -65,32 +65,24 @@ def trial_load(paths: Sequence[str | os.PathLike], timeout_s: float = TIMEOUT_S)
 def _trial_load(paths: Sequence[str | os.PathLike], timeout_s: float) -> dict[Path, str | None]:
     import executorch.runtime  # noqa: F401  imported here once, not in every child
 
-    results: dict[Path, str | None] = {}
-    failed: dict[tuple[str, int, int, int, int, int], str] = {}
-    pending = []
+    problems: dict[Path, str | None] = {}  # for paths that cannot be read
+    keys: dict[Path, tuple[str, int, int, int, int, int]] = {}
     for path in map(Path, paths):
         try:
-            key = _identity(path)
+            keys[path] = _identity(path)
         except OSError as err:
-            results[path] = f"cannot read it ({err.strerror})"
-            continue
-        if key in _passed:
-            results[path] = None
-        elif all(key != other for _, other in pending):
-            pending.append((path, key))
+            problems[path] = f"cannot read it ({err.strerror})"
+    failed: dict[tuple[str, int, int, int, int, int], str] = {}
+    pending = list({key: path for path, key in keys.items() if key not in _passed}.items())
     while pending:
-        outcomes = _run_child([path for path, _ in pending], timeout_s)
-        for (_, key), problem in zip(pending, outcomes):
+        outcomes = _run_child([path for _, path in pending], timeout_s)
+        for (key, _), problem in zip(pending, outcomes):
             if problem is None:
                 _passed.add(key)
             else:
                 failed[key] = problem
         pending = pending[len(outcomes):]  # a crash ends the child: the rest go to a new one
-    for path in map(Path, paths):
-        if path not in results:
-            key = _identity(path)
-            results[path] = None if key in _passed else failed[key]
-    return results
+    return {path: problems[path] if path in problems else failed.get(keys[path]) for path in map(Path, paths)}
 
 
 def _run_child(paths: list[Path], timeout_s: float) -> list[str | None]:
@@ -107,29 +99,31 @@ def _run_child(paths: list[Path], timeout_s: float) -> list[str | None]:
     os.close(report_write)
     os.close(log_write)
     outcomes: list[str | None] = []
-    unread = {report_read: b"", log_read: b""}  # open pipes -> bytes not yet taken
+    pending = b""  # a report line not yet complete
     log_tail = b""
-    deadline = time.monotonic() + timeout_s
     timed_out = False
-    while unread and not timed_out:
-        ready, _, _ = select.select(list(unread), [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            timed_out = True
-            os.kill(pid, signal.SIGKILL)
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            if fd == log_read:
-                log_tail = (log_tail + chunk)[-4096:]
-            else:
-                *lines, unread[fd] = (unread[fd] + chunk).split(b"\n")
-                outcomes += [json.loads(line)["error"] for line in lines if line]
-                if lines:
-                    deadline = time.monotonic() + timeout_s  # the clock runs per program
-            if not chunk:
-                os.close(fd)
-                del unread[fd]
-    for fd in unread:
-        os.close(fd)
+    with selectors.DefaultSelector() as selector:
+        selector.register(report_read, selectors.EVENT_READ)
+        selector.register(log_read, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout_s
+        while selector.get_map() and not timed_out:
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+            if not ready:
+                timed_out = True
+                os.kill(pid, signal.SIGKILL)
+            for key, _ in ready:
+                chunk = os.read(key.fd, 65536)
+                if key.fd == log_read:
+                    log_tail = (log_tail + chunk)[-4096:]
+                else:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    outcomes += [json.loads(line)["error"] for line in lines if line]
+                    if lines:
+                        deadline = time.monotonic() + timeout_s  # the clock runs per program
+                if not chunk:
+                    selector.unregister(key.fd)
+    os.close(report_read)
+    os.close(log_read)
     _, status = os.waitpid(pid, 0)
     if len(outcomes) < len(paths):  # the child died (or hung) on the next program
         tail = log_tail.decode("utf-8", "replace").strip().splitlines()[-2:]

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import lightning_shifter.export as export_module
 from lightning_shifter.cli import main

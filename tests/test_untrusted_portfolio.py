@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -212,14 +213,8 @@ def test_manifests_that_crashed_commands_are_refused_with_the_field_named(base, 
     assert old in text
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / MANIFEST_NAME).write_text(text.replace(old, new, 1))
-    with pytest.raises(PortfolioError, match=re_escape(message)):
+    with pytest.raises(PortfolioError, match=re.escape(message)):
         Portfolio.open(tmp_path / "p", verify=False)
-
-
-def re_escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 def test_a_manifest_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path):
