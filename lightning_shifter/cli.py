@@ -421,13 +421,11 @@ def _load_source(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None,
     if not source.is_file():
         raise CommandError(f"{source} does not exist or is not a file: pass a .pt2 program or a state_dict checkpoint")
     if source.suffix == ".pt2":
+        from lightning_shifter.pt2 import load_program
+
         if args.model_class:
             raise CommandError("--model-class is for state_dict checkpoints; a .pt2 program carries its own graph")
-        try:
-            program = torch.export.load(source)
-        except Exception as err:  # torch.export.load raises many types for foreign or damaged files
-            raise CommandError(f"cannot load {source} as a torch.export program ({type(err).__name__}: {err}); "
-                               "save it with torch.export.save") from None
+        program = load_program(source)  # refuses archives that ask for pickle or code (ProgramError)
         shapes = [tuple(node.meta["val"].shape) for node in program.graph.nodes
                   if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
         weights = [w for w in program.state_dict.values() if w.ndim >= 2]  # conv and linear weights
@@ -505,7 +503,8 @@ def _add_compact(subparsers: argparse._SubParsersAction) -> None:
         "compact", help="compact a sparse model (a .pt2 program or a state_dict) into a portfolio variant",
         description="Remove every channel, filter and neuron that provably does not change the output, verify "
                     "the result, and save it as a variant (model.pt2 + manifest entry) of a portfolio. Checkpoints "
-                    "are loaded with torch.load(weights_only=True): no arbitrary objects are unpickled.",
+                    "are loaded with torch.load(weights_only=True) and .pt2 programs only after their archive is "
+                    "checked: no arbitrary objects are unpickled, no code in the file is run.",
     )
     parser.add_argument("source", type=Path, help="a torch.export program (.pt2) or a state_dict / Lightning checkpoint")
     parser.add_argument("--portfolio", type=Path, required=True, help="the portfolio folder (created if missing)")

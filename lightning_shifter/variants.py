@@ -193,6 +193,7 @@ def add_variant(
     else:
         # Unlisted before its files are overwritten: a crash in between leaves the variant missing (and
         # redone on resume), never listed with a file that fails its sha256.
+        portfolio.remove_stale_temporaries()  # of writers killed before
         if previous is not None:
             portfolio.remove_variant(name)
         files, host, devices = {"pt2": portfolio.write_file(name, "pt2", data)}, {}, {}

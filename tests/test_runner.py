@@ -226,6 +226,94 @@ def test_overlong_line_is_rejected_and_skipped(runner):
     assert runner.send({"cmd": "stats"})["ok"]
 
 
+def test_a_line_of_exactly_the_limit_may_end_in_a_carriage_return(runner):
+    def request(size: int) -> bytes:  # a valid request of exactly ``size`` bytes
+        frame = b'{"cmd":"stats","id":""}'
+        return frame[:-2] + b"x" * (size - len(frame)) + frame[-2:]
+
+    limit = 1 << 20
+    assert runner.send(request(limit) + b"\r")["ok"] is True  # the README: a trailing \r is ignored
+    assert runner.send(request(limit))["ok"] is True
+    assert "longer than" in runner.send(request(limit + 1))["error"]
+    assert "longer than" in runner.send(request(limit + 1) + b"\r")["error"]
+
+
+def test_nul_bytes_never_end_a_request(runner, tmp_path):
+    answer = runner.send(b'{"cmd":"stats"}\0junk')
+    assert answer["ok"] is False and "holds a NUL byte" in answer["error"]
+    good = tmp_path / "input.bin"
+    good.write_bytes(pattern_input().numpy().astype("<f4").tobytes())
+    answer = runner.send(json.dumps({"cmd": "infer", "input": str(good) + "\u0000.ignored"}))
+    assert answer["ok"] is False and "'input' must not contain a NUL character" in answer["error"]
+    assert runner.send({"cmd": "infer", "input": str(good)})["ok"]
+
+
+def send_within(process: RunnerProcess, request: dict, seconds: float = 30.0) -> dict:
+    """Send a request and read its answer, failing (instead of hanging) if none comes in time."""
+    import select
+
+    process.process.stdin.write(json.dumps(request).encode() + b"\n")
+    process.process.stdin.flush()
+    ready, _, _ = select.select([process.process.stdout], [], [], seconds)
+    assert ready, f"no answer within {seconds} s to {request}: the runner hangs"
+    return process.read()
+
+
+def test_output_path_is_checked_before_anything_is_written(runner_binary, portfolio, tmp_path):
+    directory = Path(shutil.copytree(portfolio.directory, tmp_path / "p"))
+    process = RunnerProcess([str(runner_binary), "--portfolio", str(directory)])
+    protected = {path: path.read_bytes() for path in [directory / "manifest.json", *directory.rglob("*.pte")]}
+    loaded = directory / portfolio.manifest["variants"][0]["files"]["fp32"]["path"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "manifest-link").symlink_to(directory / "manifest.json")
+    os.link(loaded, tmp_path / "program-hardlink")
+    cases = {
+        str(fifo): "FIFO with no reader",
+        "/dev/full": "not a regular file",
+        str(directory / "manifest.json"): "inside the portfolio directory",
+        str(loaded): "inside the portfolio directory",
+        str(directory / "new-file.bin"): "inside the portfolio directory",
+        str(tmp_path / "manifest-link"): "file of the portfolio",
+        str(tmp_path / "program-hardlink"): "file of the portfolio",
+        str(tmp_path / "no-such-folder" / "out.bin"): "does not exist",
+    }
+    try:
+        for path, message in cases.items():
+            answer = send_within(process, {"cmd": "infer", "output_path": path})
+            assert answer["ok"] is False and "cannot write output file" in answer["error"], (path, answer)
+            assert message in answer["error"], (path, answer)
+        assert {path: path.read_bytes() for path in protected} == protected
+        assert not (directory / "new-file.bin").exists()
+        fine = tmp_path / "out.bin"
+        fine.write_bytes(b"longer than the output" * 100)  # replaced, not overwritten in place
+        answer = send_within(process, {"cmd": "infer", "output_path": str(fine)})
+        assert answer["ok"] and np.fromfile(fine, dtype="<f4").size == 10
+    finally:
+        assert process.close() == 0
+
+
+def test_a_manifest_that_is_not_a_regular_file_is_fatal_not_a_crash_or_a_hang(runner_binary, tmp_path):
+    (tmp_path / "dir" / "manifest.json").mkdir(parents=True)
+    assert "is not a regular file" in fatal(runner_binary, "--portfolio", str(tmp_path / "dir"))
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "manifest.json")
+    assert "is not a regular file" in fatal(runner_binary, "--portfolio", str(tmp_path / "fifo"))
+
+
+def test_a_program_that_is_a_fifo_is_rejected_even_unverified(runner_binary, portfolio, tmp_path):
+    directory = Path(shutil.copytree(portfolio.directory, tmp_path / "p"))
+    victim = directory / portfolio.manifest["variants"][1]["files"]["fp32"]["path"]
+    victim.unlink()
+    os.mkfifo(victim)
+    process = RunnerProcess([str(runner_binary), "--portfolio", str(directory), "--verify", "none"])
+    try:
+        [failure] = process.ready["failed"]
+        assert failure["name"] == portfolio.manifest["variants"][1]["name"] and "not a regular file" in failure["error"]
+    finally:
+        assert process.close() == 0
+
+
 FIELD_VALUES = st.one_of(
     st.sampled_from(["switch", "infer", "bench", "bench_reload", "stats", "round-00", "round-02", "quit"]),
     st.integers(-(2**64), 2**64),
@@ -415,7 +503,9 @@ def test_unusable_portfolio_or_arguments_end_with_a_fatal_line(runner_binary, po
     (tmp_path / "manifest.json").write_text('{"schema_version": 2}')
     assert "reads only schema_version 1" in fatal(runner_binary, "--portfolio", str(tmp_path))
     (tmp_path / "manifest.json").write_text("{oops")
-    assert "not a JSON object" in fatal(runner_binary, "--portfolio", str(tmp_path))
+    assert "is not valid JSON" in fatal(runner_binary, "--portfolio", str(tmp_path))
+    (tmp_path / "manifest.json").write_text("[1]")
+    assert "is JSON but not an object (it is array)" in fatal(runner_binary, "--portfolio", str(tmp_path))
     manifest = dict(portfolio.manifest, input={"shape": [1, 8], "dtype": "int64"})
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert "float32 inputs only" in fatal(runner_binary, "--portfolio", str(tmp_path))
