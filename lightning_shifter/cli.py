@@ -97,6 +97,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _runner_count(name: str) -> Callable[[str], int]:
+    """An argparse type for a count the native runner bounds (``REQUEST_LIMITS``), refused before deploying."""
+
+    def parse(text: str) -> int:
+        from lightning_shifter.device.runner import REQUEST_LIMITS
+
+        low, high = REQUEST_LIMITS[name]
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high} (the runner's limit), got {text}")
+        return value
+
+    return parse
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -451,13 +469,11 @@ def _load_source(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None,
     if not source.is_file():
         raise CommandError(f"{source} does not exist or is not a file: pass a .pt2 program or a state_dict checkpoint")
     if source.suffix == ".pt2":
+        from lightning_shifter.pt2 import load_program
+
         if args.model_class:
             raise CommandError("--model-class is for state_dict checkpoints; a .pt2 program carries its own graph")
-        try:
-            program = torch.export.load(source)
-        except Exception as err:  # torch.export.load raises many types for foreign or damaged files
-            raise CommandError(f"cannot load {source} as a torch.export program ({type(err).__name__}: {err}); "
-                               "save it with torch.export.save") from None
+        program = load_program(source)  # refuses archives that ask for pickle or code (ProgramError)
         shapes = [tuple(node.meta["val"].shape) for node in program.graph.nodes
                   if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
         weights = [w for w in program.state_dict.values() if w.ndim >= 2]  # conv and linear weights
@@ -535,7 +551,8 @@ def _add_compact(subparsers: argparse._SubParsersAction) -> None:
         "compact", help="compact a sparse model (a .pt2 program or a state_dict) into a portfolio variant",
         description="Remove every channel, filter and neuron that provably does not change the output, verify "
                     "the result, and save it as a variant (model.pt2 + manifest entry) of a portfolio. Checkpoints "
-                    "are loaded with torch.load(weights_only=True): no arbitrary objects are unpickled.",
+                    "are loaded with torch.load(weights_only=True) and .pt2 programs only after their archive is "
+                    "checked: no arbitrary objects are unpickled, no code in the file is run.",
     )
     parser.add_argument("source", type=Path, help="a torch.export program (.pt2) or a state_dict / Lightning checkpoint")
     parser.add_argument("--portfolio", type=Path, required=True, help="the portfolio folder (created if missing)")
@@ -702,14 +719,14 @@ def _run_runner_build(args: argparse.Namespace) -> int:
 def _run_runner_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from lightning_shifter.device.locator import RUNNER_NAME, RUNNER_TARGETS, default_build_root, runner_sources
+    from lightning_shifter.device.locator import RUNNER_TARGETS, default_build_root, runner_sources
 
     root = args.build_root or default_build_root()
     table = Table(title=f"Native runner targets (sources: {runner_sources()}; builds: {root})")
     for column in ("target", "device ABI", "built automatically", "build", "needs"):
         table.add_column(column)
     for target in RUNNER_TARGETS.values():
-        executable = root / target.name / RUNNER_NAME
+        executable = target.executable(root)
         table.add_row(target.name, target.abi or "-", "yes" if target.automatic else "no",
                       str(executable) if executable.is_file() else "not built", target.needs)
     _console().print(table)
@@ -732,7 +749,7 @@ def _add_runner(subparsers: argparse._SubParsersAction) -> None:
                     "and what each needs.",
     )
     building.add_argument("--target", nargs="+", type=_runner_target, default=["host"], metavar="TARGET",
-                          help="what to build: host (default), aarch64, android, ... (see `runner list`)")
+                          help="what to build: host (default), aarch64, android, arm64-bundle (see `runner list`)")
     listing = actions.add_parser("list", help="the targets, what each needs, and where their builds are",
                                  description="List the runner's build targets, the device ABI each serves, what "
                                              "each needs and the path of its build, if any.")
@@ -769,8 +786,9 @@ def _run_device_list(args: argparse.Namespace) -> int:
 
     from lightning_shifter.device import adb_client, list_devices
 
-    devices = list_devices(adb_client(args.adb_host, args.adb_port))
-    table = Table(title=f"adb devices at {args.adb_host}:{args.adb_port}")
+    client = adb_client(args.adb_host, args.adb_port)
+    devices = list_devices(client)
+    table = Table(title=f"adb devices at {client.host}:{client.port}")
     table.add_column("serial")
     table.add_column("state")
     for serial, state in devices:
@@ -791,7 +809,7 @@ def _run_device_deploy(args: argparse.Namespace) -> int:
 
 
 def _run_device_bench(args: argparse.Namespace) -> int:
-    from lightning_shifter.device import AdbDevice, bench, deploy, on_devices
+    from lightning_shifter.device import AdbDevice, DeviceLost, bench, deploy, on_devices
 
     console = _console()
     devices = (AdbDevice.all(args.adb_host, args.adb_port, workdir=args.workdir) if args.all
@@ -810,6 +828,9 @@ def _run_device_bench(args: argparse.Namespace) -> int:
     for device_id, result in results.items():
         if not isinstance(result, Exception):
             console.print(result.table())
+        elif isinstance(result, DeviceLost) and result.partial.variants:
+            console.print(result.partial.table())  # what was measured before the device went away
+            console.print(f"{device_id}: measured above before the device was lost (also in the manifest)")
     if failures:
         raise CommandError("; ".join(f"{device_id}: {err}" for device_id, err in failures.items()))
     return 0
@@ -817,19 +838,26 @@ def _run_device_bench(args: argparse.Namespace) -> int:
 
 def _run_device_switch(args: argparse.Namespace) -> int:
     from lightning_shifter import demo
-    from lightning_shifter.device import switch_session
+    from lightning_shifter.device import DeviceLost, switch_session
     from lightning_shifter.runtime import LatencyBudget, ScheduleSignal
 
     device = _adb_device(args)
+    lost = None
     with _console().status(f"switching session on {device.id} for {args.duration:g} s"):
-        report = switch_session(device, args.portfolio, LatencyBudget(), [ScheduleSignal("latency_budget_ms", args.budget)],
-                                duration_s=args.duration, precisions=args.precisions)
+        try:
+            report = switch_session(device, args.portfolio, LatencyBudget(),
+                                    [ScheduleSignal("latency_budget_ms", args.budget)], duration_s=args.duration,
+                                    precisions=args.precisions)
+        except DeviceLost as err:  # show and keep what ran before the device went away
+            lost, report = err, err.partial
     _console().print(report.table())
     if args.session_out:
         events = demo.device_session_events(report)
         args.session_out.write_text(json.dumps({"title": device.id, "events": events, "summary": report.to_json()},
                                                indent=1))
         _console().print(f"session log: {args.session_out} (lightning-shifter report ... --session {args.session_out})")
+    if lost is not None:
+        raise lost
     return 0
 
 
@@ -843,7 +871,8 @@ def _add_device(subparsers: argparse._SubParsersAction) -> None:
 
     def connection(p: argparse.ArgumentParser) -> None:
         p.add_argument("--adb-host", default="127.0.0.1", help="adb server host (default: 127.0.0.1)")
-        p.add_argument("--adb-port", type=int, default=5037, help="adb server port (default: 5037)")
+        p.add_argument("--adb-port", type=int, default=None,
+                       help="adb server port (default: $ANDROID_ADB_SERVER_PORT, else 5037)")
 
     def target(p: argparse.ArgumentParser, *, precisions: Sequence[str] = ("fp32",)) -> None:
         p.add_argument("portfolio", type=Path, help="an exported portfolio folder")
@@ -872,9 +901,12 @@ def _add_device(subparsers: argparse._SubParsersAction) -> None:
                                               "percentiles, switch vs reload, memory; recorded in the manifest.")
     target(benching)
     benching.add_argument("--all", action="store_true", help="every attached device at once")
-    benching.add_argument("--warmup", type=int, default=5, help="inferences before timing (default: 5)")
-    benching.add_argument("--runs", type=_positive_int, default=50, help="timed inferences (default: 50)")
-    benching.add_argument("--reloads", type=_positive_int, default=5, help="loads from storage timed (default: 5)")
+    benching.add_argument("--warmup", type=_runner_count("warmup"), default=5,
+                          help="inferences before timing, 0 to 100000 (default: 5)")
+    benching.add_argument("--runs", type=_runner_count("runs"), default=50,
+                          help="timed inferences, 1 to 100000 (default: 50)")
+    benching.add_argument("--reloads", type=_runner_count("reloads"), default=5,
+                          help="loads from storage timed, 1 to 1000 (default: 5)")
     benching.set_defaults(handler=_run_device_bench)
 
     switching = actions.add_parser("switch", help="run inference while a latency budget changes; log every switch",

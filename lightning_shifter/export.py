@@ -9,8 +9,14 @@ Manifest entries record sizes, sha256, accuracies (``val_acc_fp32``, ``val_acc_i
 timings (``host[precision] = {load_ms, p50_ms, p90_ms}``).
 
 Re-running is cheap: a program whose ``.pt2`` is unchanged (by sha256) since it was exported and
-whose file still matches its hash is skipped. Variants can be exported in parallel processes
-(``workers``); only this process writes the manifest.
+whose file still matches its hash is skipped; a program whose file is damaged is exported again.
+Variants can be exported in parallel processes (``workers``); only this process writes the manifest.
+
+A ``.pt2`` is loaded only after its archive passed :func:`lightning_shifter.pt2.check_archive` (no
+pickle, no code) and its sha256; one that fails, or that torch cannot load or run, fails that
+variant's programs, not the export. Every write is ordered so that a kill at any point leaves a
+portfolio that opens: a program is unlisted (manifest saved) before its file is replaced or
+deleted, and listed only once its new file is complete.
 
 Example (``portfolio/`` made by the Compaction callback, loaders of the training data)::
 
@@ -38,7 +44,8 @@ from typing import Any
 
 import torch
 
-from lightning_shifter.portfolio import FILE_NAMES, FileEntry, Portfolio
+from lightning_shifter.portfolio import FileEntry, Portfolio, PortfolioError
+from lightning_shifter.pt2 import load_program
 from lightning_shifter.runtime import PRECISIONS, example_input, measure_program
 
 log = logging.getLogger(__name__)
@@ -212,15 +219,24 @@ def _export_variant(job: _Job) -> list[_Outcome]:
     if job.threads:
         torch.set_num_threads(job.threads)
     portfolio = Portfolio.open(job.root, verify=False)
-    program = torch.export.load(portfolio.verify_file(job.name, "pt2"))
-    reference = program.module()
 
     def run_reference(x: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
             out = reference(x)
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
-    expected = [run_reference(x) for x in job.check_inputs]
+    try:
+        entry = portfolio[job.name].files["pt2"]
+        program = load_program(portfolio.verify_file(job.name, "pt2", sha256=False), sha256=entry.sha256,
+                               what=f"variant {job.name!r} model.pt2")
+        reference = program.module()
+        expected = [run_reference(x) for x in job.check_inputs]
+    except PortfolioError as err:  # refused, damaged or tampered with: this variant only
+        return [_Outcome(ProgramReport(job.name, p, "failed", error=str(err))) for p in job.precisions]
+    except Exception as err:  # a program torch loads but cannot run on the portfolio's input
+        error = (f"variant {job.name!r} model.pt2 does not run on the portfolio's input ({type(err).__name__}: "
+                 f"{_first_line(err)}); recreate the variant")
+        return [_Outcome(ProgramReport(job.name, p, "failed", error=error)) for p in job.precisions]
     reference_accuracy = _accuracy(run_reference, job.validation)
     outcomes = []
     for precision in job.precisions:
@@ -332,8 +348,10 @@ def export_portfolio(
     """Export every variant of a portfolio to ExecuTorch, check each program and record it.
 
     Args:
-        portfolio_dir: a portfolio with a ``model.pt2`` per variant (the Compaction callback's output);
-            it is opened with every file's sha256 checked.
+        portfolio_dir: a portfolio with a ``model.pt2`` per variant (the Compaction callback's output).
+            Each ``model.pt2`` is checked (archive and sha256) before it is loaded, each program
+            before it is skipped; a damaged program is exported again, a damaged ``model.pt2``
+            fails its variant.
         precisions: ``"fp32"`` and/or ``"int8"``.
         calibration_data: batches (tensors or ``(inputs, targets, ...)``) of the user's data; int8 is
             calibrated on the first ``calibration_batches`` of them. By default the validation inputs.
@@ -359,7 +377,8 @@ def export_portfolio(
         warned about; the rest are recorded as each variant finishes.
 
     Raises:
-        PortfolioError: the portfolio is missing, its manifest is invalid, or a file was tampered with.
+        PortfolioError: the portfolio is missing or its manifest is invalid (a damaged ``model.pt2``
+            fails that variant; a damaged program is exported again).
         ExportError: the disk is full or the portfolio cannot be written.
         ValueError: bad arguments (caught before any work).
 
@@ -385,10 +404,12 @@ def export_portfolio(
     start = time.perf_counter()
     precisions = _check_arguments(precisions, calibration_data, validation_data, workers, fp32_tolerance,
                                   int8_max_accuracy_drop, calibration_batches, check_inputs)
-    portfolio = Portfolio.open(portfolio_dir, verify=True)
+    # files are checked one by one below: a damaged one is what an export repairs, not a reason to stop
+    portfolio = Portfolio.open(portfolio_dir, verify=False)
     names = list(variants) if variants is not None else portfolio.names
     for name in names:
         portfolio[name]  # unknown names fail here, listing the known ones
+    portfolio.remove_stale_temporaries()
     shape, dtype = portfolio.input_shape, portfolio.input_dtype
 
     validation = [pair for batch in (validation_data or ()) for pair in _split_labelled(batch, shape, dtype)]
@@ -408,9 +429,11 @@ def export_portfolio(
 
     reports: list[ProgramReport] = []
     jobs = []
-    unlisted = False
+    unlisted: list[tuple[str, str]] = []  # (variant, precision) whose files go once the manifest no longer lists them
     for name in names:
         variant = portfolio[name]
+        for orphan in [p for p in PRECISIONS if p not in variant.files]:  # left by a run killed after unlisting it
+            portfolio.delete_file(name, orphan)
         if "pt2" not in variant.files:
             reports += [ProgramReport(name, p, "failed", error="the variant has no model.pt2 to export; recreate it "
                                       "with the Compaction callback or lightning_shifter.variants.add_variant")
@@ -418,11 +441,10 @@ def export_portfolio(
             continue
         for stale in [p for p in PRECISIONS if p not in precisions and _stale(variant, p)]:
             _unlist(variant, [stale])
-            unlisted = True
-            (portfolio.root / name / FILE_NAMES[stale]).unlink(missing_ok=True)
+            unlisted.append((name, stale))
             warnings.warn(f"variant {name!r} {stale} program is stale (its model.pt2 changed since it was exported); "
                           f"unlisted it: export precisions=({stale!r},) to make it again", stacklevel=2)
-        todo = [p for p in precisions if force or not _up_to_date(variant, p)]
+        todo = [p for p in precisions if force or not _up_to_date(portfolio, variant, p)]
         reports += [ProgramReport(name, p, "skipped", bytes=variant.files[p].bytes) for p in precisions if p not in todo]
         if todo:
             jobs.append(_Job(str(portfolio.root), name, todo, calibration, validation, checks, fp32_tolerance,
@@ -432,6 +454,8 @@ def export_portfolio(
         _unlist(portfolio[job.name], job.precisions)
     if jobs or unlisted:
         _save(portfolio)
+    for name, stale in unlisted:  # only now: a kill before the save above leaves them listed and intact
+        portfolio.delete_file(name, stale)
 
     workers = max(1, min(workers, len(jobs)))
     finished = []
@@ -445,7 +469,7 @@ def export_portfolio(
             if outcome.entry is None:
                 warnings.warn(f"variant {report.name!r} {report.precision} program not exported: {report.error}",
                               stacklevel=2)
-                (portfolio.root / report.name / FILE_NAMES[report.precision]).unlink(missing_ok=True)
+                portfolio.delete_file(report.name, report.precision)  # unlisted and saved before the jobs ran
                 continue
             variant.files[report.precision] = outcome.entry
             variant.host[report.precision] = {"source_sha256": pt2_sha256, "portable_ops": report.portable_ops}
@@ -484,9 +508,17 @@ def _run(jobs: list[_Job], workers: int) -> Iterable[list[_Outcome]]:
         yield from pool.map(_export_variant, jobs)
 
 
-def _up_to_date(variant: Any, precision: str) -> bool:
+def _up_to_date(portfolio: Portfolio, variant: Any, precision: str) -> bool:
+    """Exported from the current model.pt2, and its file intact (a damaged one is exported again)."""
     recorded = variant.host.get(precision, {})
-    return precision in variant.files and recorded.get("source_sha256") == variant.files["pt2"].sha256
+    if precision not in variant.files or recorded.get("source_sha256") != variant.files["pt2"].sha256:
+        return False
+    try:
+        portfolio.verify_file(variant.name, precision)
+    except PortfolioError as err:
+        warnings.warn(f"{err}: exporting it again", stacklevel=3)
+        return False
+    return True
 
 
 def _stale(variant: Any, precision: str) -> bool:

@@ -13,8 +13,15 @@ This module has no dependency on Lightning or on training code (torch is importe
 
 Writes are atomic: every file is written to a temporary name in its final folder and renamed into
 place, and the manifest is rewritten (atomically too) only after a variant's files are complete, so
-a crash never leaves a listed variant whose files are missing or half written. Readers validate the
-schema version, every path (it must stay inside the folder), and each file's size and sha256.
+a crash never leaves a listed variant whose files are missing or half written. A write is checked
+before it happens: a variant folder that is a symbolic link is refused, and the manifest is
+validated before it is saved. Temporary files of writers that were killed are removed by the next
+writer (:meth:`Portfolio.remove_stale_temporaries`). Files get the usual permissions (``0666``
+less the umask), so a shared portfolio stays readable to others.
+
+A portfolio is untrusted input. Readers validate the manifest against its schema (every field any
+command uses: types, ranges, sizes; see :mod:`lightning_shifter.schema`), every path (it must stay
+inside the folder), and each file's size and sha256.
 
 Example::
 
@@ -34,13 +41,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
-import tempfile
+import secrets
+import stat
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
+
+from lightning_shifter.schema import (
+    SchemaError,
+    anything,
+    boolean,
+    check_json,
+    integer,
+    listing,
+    mapping,
+    number,
+    read_json,
+    record,
+    text,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -51,6 +75,13 @@ _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
 #: Which variants a portfolio keeps as rounds arrive (see :func:`keep_decision`).
 KEEP_POLICIES = ("all", "distinct", "pareto")
+# what every reader (the native runner included) can allocate and index: 1 to 8 dimensions of at
+# most 2^24 each, 2^26 elements in all (256 MiB of float32)
+MAX_INPUT_RANK, MAX_INPUT_DIM, MAX_INPUT_ELEMENTS = 8, 1 << 24, 1 << 26
+MAX_VARIANTS = 4096
+# temporary files: ".<final name>.<writer's pid>.<random>.tmp" (older writers: ".<final name>.<random>.tmp")
+_TEMPORARY = re.compile(r"\.(?P<final>.+?)\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]{8,}\.tmp")
+_LEGACY_TEMPORARY_AGE_S = 3600.0  # a temporary without a pid is stale once this old
 
 
 class PortfolioError(Exception):
@@ -80,11 +111,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
     """Write ``path`` through a synced temporary file in its folder, then rename it into place.
 
     ``data`` is the bytes, or a function that writes them to a binary file object. Readers see the
-    old file or the new one, never a partial one; a failure leaves no temporary file behind.
+    old file or the new one, never a partial one; a failure leaves no temporary file behind (a
+    kill does: :meth:`Portfolio.remove_stale_temporaries` removes it later). The file gets mode
+    ``0666`` less the umask, like any file the user creates.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -95,8 +135,23 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -115,14 +170,75 @@ class FileEntry:
         if not isinstance(data, dict):
             raise PortfolioError(f"{where}: expected an object with path, bytes and sha256")
         path, size, digest = data.get("path"), data.get("bytes"), data.get("sha256")
-        if not isinstance(path, str):
-            raise PortfolioError(f"{where}.path: expected a relative path string, got {path!r}")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise PortfolioError(f"{where}.bytes: expected a non-negative integer, got {size!r}")
+        if not isinstance(path, str) or len(path) > 4096:
+            raise PortfolioError(f"{where}.path: expected a relative path string, got {_short(path)}")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= 2**63 - 1:
+            raise PortfolioError(f"{where}.bytes: expected a non-negative integer, got {_short(size)}")
         if not isinstance(digest, str) or not _SHA256_PATTERN.fullmatch(digest):
-            raise PortfolioError(f"{where}.sha256: expected 64 lowercase hex digits, got {digest!r}")
+            raise PortfolioError(f"{where}.sha256: expected 64 lowercase hex digits, got {_short(digest)}")
         _check_relative_path(path, where)
         return cls(path=path, bytes=size, sha256=digest)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# the accuracies this package records and reads (Variant.accuracy, the switching policies)
+ACCURACY_METRICS = ("val_acc_sparse", "val_acc_compacted", "val_acc_fp32", "val_acc_int8")
+
+
+def _metrics(value: Any, where: str) -> dict[str, float]:
+    """Numbers by name (a training run's own metrics among them); the package's accuracies are
+    fractions in [0, 1]."""
+    checked = mapping(text(128), number())(value, where)
+    for key in ACCURACY_METRICS:
+        if key in checked and not 0 <= checked[key] <= 1:
+            raise SchemaError(f"{where}.{key}: an accuracy is a fraction from 0 to 1, got {checked[key]!r}")
+    return checked
+
+
+_MEASURE_MAX = 1e12  # any time (ms, us), memory (KiB) or ratio recorded; arithmetic on it cannot overflow
+_MS = number(low=0.0, high=_MEASURE_MAX)
+_COUNT = integer()
+_TIMING = record({"load_ms": _MS, "p50_ms": _MS, "p90_ms": _MS,  # host timings per precision
+                  "source_sha256": text(64, _SHA256_PATTERN), "portable_ops": listing(text(256))})
+_DEVICE_TIMING = record({  # a variant measured on a device (lightning_shifter.device.VariantBench)
+    **{key: number(low=0.0, high=_MEASURE_MAX, nullable=True) for key in (
+        "load_ms", "first_infer_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "reload_ms", "reload_first_infer_ms",
+        "switch_us", "switch_speedup", "alone_rss_kb", "alone_peak_rss_kb")},
+})
+_FACTS = mapping(text(256), anything)
+_DEVICE_ID = text(256)
+_LAYER = record({
+    "name": text(1024), "kind": text(256), "kept_constant_reason": text(nullable=True), "normalization": boolean,
+    **{key: _COUNT for key in ("channels_before", "channels_after", "inputs_before", "inputs_after", "removed_zero",
+                               "removed_unused", "removed_folded", "kept_constant", "placeholders")},
+}, required=("name", "kind", "channels_before", "channels_after"))
+#: The checks of a variant's fields besides name, round, density, params, macs and files.
+VARIANT_FIELDS = {
+    "metrics": _metrics,
+    "exactness_error": number(low=0.0, nullable=True),  # absolute: as large as the outputs may be
+    "compaction": record({  # CompactionReport.summary()
+        **{key: _COUNT for key in ("params_before", "params_after", "macs_before", "macs_after", "channels_before",
+                                   "channels_after", "kept_constant", "placeholders", "iterations")},
+        "removed": mapping(text(64), _COUNT), "seconds": _MS, "timings": mapping(text(128), _MS),
+        "max_abs_error": number(low=0.0), "float64_error": number(low=0.0, nullable=True),
+        "unsupported": listing(text(1024)), "layers": listing(_LAYER),
+    }),
+    "host": mapping(text(64), _TIMING),
+    "devices": mapping(_DEVICE_ID, record({"facts": _FACTS}, others=_DEVICE_TIMING)),
+}
+#: The checks of the manifest's top-level fields besides schema_version, input and variants.
+TOP_LEVEL_FIELDS = {
+    "generator": text(256),
+    "devices": mapping(_DEVICE_ID, record({"facts": _FACTS}, others=record({  # whole-portfolio memory per precision
+        **{key: _MS for key in ("portfolio_rss_kb", "portfolio_peak_rss_kb", "dense_rss_kb", "dense_peak_rss_kb",
+                                "ratio", "peak_ratio")},
+        "dense": text(64, _NAME_PATTERN), "variants": _COUNT,
+    }))),
+}
 
 
 @dataclass
@@ -200,14 +316,21 @@ class Variant:
                 f"{where}.files: unknown role(s) {unknown_roles}; known roles are {sorted(FILE_NAMES)}"
             )
         files = {role: FileEntry.from_json(entry, f"{where}.files.{role}") for role, entry in files_data.items()}
-        for key in ("round", "params", "macs"):
+        for key, high in (("round", 2**31 - 1), ("params", 2**63 - 1), ("macs", 2**63 - 1)):
             value = data[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise PortfolioError(f"{where}.{key}: expected a non-negative integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+                raise PortfolioError(f"{where}.{key}: expected a non-negative integer up to {high}, got {_short(value)}")
         density = data["density"]
-        if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0.0 <= density <= 1.0:
-            raise PortfolioError(f"{where}.density: expected a number in [0, 1], got {density!r}")
+        if (not isinstance(density, (int, float)) or isinstance(density, bool) or not math.isfinite(density)
+                or not 0.0 <= density <= 1.0):
+            raise PortfolioError(f"{where}.density: expected a number in [0, 1], got {_short(density)}")
         fields = {key: value for key, value in data.items() if key in known}
+        try:
+            for key, check in VARIANT_FIELDS.items():
+                if key in fields:
+                    fields[key] = check(fields[key], f"{where}.{key}")
+        except SchemaError as err:
+            raise PortfolioError(str(err)) from None
         fields["files"] = files
         return cls(**fields)
 
@@ -230,8 +353,8 @@ class Skipped:
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Skipped:
-        if not isinstance(data, dict) or not isinstance(data.get("reason"), str):
-            raise PortfolioError(f"{where}: expected an object with a 'reason' text")
+        if not isinstance(data, dict) or not isinstance(data.get("reason"), str) or len(data["reason"]) > 4096:
+            raise PortfolioError(f"{where}: expected an object with a 'reason' text (at most 4096 characters)")
         fields = {k: v for k, v in data.items() if k not in ("reason", "files")}
         return cls(Variant.from_json(fields, where), data["reason"])
 
@@ -428,8 +551,9 @@ class Portfolio:
             return existing
         if input_dtype not in INPUT_DTYPES:
             raise PortfolioError(f"unsupported input dtype {input_dtype!r}; use one of {INPUT_DTYPES}")
-        if not input_shape or any(int(d) <= 0 for d in input_shape):
-            raise PortfolioError(f"input_shape must be a non-empty sequence of positive sizes, got {input_shape!r}")
+        problem = _input_shape_problem(list(input_shape))
+        if problem:
+            raise PortfolioError(f"input_shape {tuple(input_shape)!r}: {problem}")
         root.mkdir(parents=True, exist_ok=True)
         portfolio = cls(root, input_shape, input_dtype)
         portfolio.save()
@@ -448,16 +572,16 @@ class Portfolio:
         manifest_path = root / MANIFEST_NAME
         if not root.is_dir():
             raise PortfolioError(f"{root} is not a directory; pass the folder that holds {MANIFEST_NAME}")
-        if not manifest_path.is_file():
+        if not manifest_path.exists():
             raise PortfolioError(
                 f"{manifest_path} does not exist: this is not a portfolio (create one with the Compaction "
                 "callback or Portfolio.create)"
             )
         try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = read_json(manifest_path)
+        except SchemaError as err:
             raise PortfolioError(
-                f"{manifest_path} is not valid JSON ({err}); the file is corrupt: restore it or recreate the portfolio"
+                f"{manifest_path}: {err}; the file is corrupt or was tampered with: restore it or recreate the portfolio"
             ) from None
         portfolio = cls._from_json(root, data)
         if verify:
@@ -470,33 +594,40 @@ class Portfolio:
         if not isinstance(data, dict):
             raise PortfolioError(f"{where}: expected a JSON object at the top level")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or not isinstance(version, int) or isinstance(version, bool):
             raise PortfolioError(
                 f"{where}: schema_version {version!r} is not supported (this lightning-shifter reads "
                 f"schema_version {SCHEMA_VERSION}); use the lightning-shifter version that wrote it"
             )
         spec = data.get("input")
-        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or not all(
-            isinstance(d, int) and d > 0 for d in spec["shape"]
-        ):
+        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
             raise PortfolioError(f"{where}: 'input' must be an object with a 'shape' list of positive integers")
+        problem = _input_shape_problem(spec["shape"])
+        if problem:
+            raise PortfolioError(f"{where}: input 'shape' {_short(spec['shape'])} is not usable: {problem}")
         dtype = spec.get("dtype", "float32")
         if dtype not in INPUT_DTYPES:
-            raise PortfolioError(f"{where}: unsupported input dtype {dtype!r}")
+            raise PortfolioError(f"{where}: unsupported input dtype {_short(dtype)}")
         variants_data = data.get("variants", [])
-        if not isinstance(variants_data, list):
-            raise PortfolioError(f"{where}: 'variants' must be a list")
+        if not isinstance(variants_data, list) or len(variants_data) > MAX_VARIANTS:
+            raise PortfolioError(f"{where}: 'variants' must be a list of at most {MAX_VARIANTS} variants")
         variants = [Variant.from_json(v, f"{where}: variants[{i}]") for i, v in enumerate(variants_data)]
         names = [v.name for v in variants]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise PortfolioError(f"{where}: duplicate variant name(s) {duplicates}")
         skipped_data = data.get("skipped", [])
-        if not isinstance(skipped_data, list):
-            raise PortfolioError(f"{where}: 'skipped' must be a list")
+        if not isinstance(skipped_data, list) or len(skipped_data) > MAX_VARIANTS:
+            raise PortfolioError(f"{where}: 'skipped' must be a list of at most {MAX_VARIANTS} entries")
         skipped = [Skipped.from_json(s, f"{where}: skipped[{i}]") for i, s in enumerate(skipped_data)]
         extra = {k: v for k, v in data.items()
                  if k not in ("schema_version", "generator", "input", "variants", "skipped")}
+        try:
+            for key, check in TOP_LEVEL_FIELDS.items():
+                if key in data:
+                    check(data[key], f"{where}: {key}")
+        except SchemaError as err:
+            raise PortfolioError(str(err)) from None
         return cls(root, spec["shape"], dtype, variants, extra, skipped)
 
     # ------------------------------------------------------------------ reading
@@ -548,27 +679,37 @@ class Portfolio:
                 self.verify_file(variant.name, role, sha256=sha256)
 
     def verify_file(self, name: str, role: str, sha256: bool = True) -> Path:
+        """Check one listed file (a regular file with the recorded size, and sha256) and return its path."""
         entry = self[name].files.get(role)
         path = self.file_path(name, role)
         what = f"{path} (variant {name!r}, {role})"
+        remedy = _REMEDIES[role]
+        if not path.exists():
+            raise PortfolioError(f"{what} is listed in the manifest but missing: {remedy}")
         if not path.is_file():
-            raise PortfolioError(f"{what} is listed in the manifest but missing: re-export or recreate the variant")
+            raise PortfolioError(f"{what} is not a regular file: {remedy}")
         size = path.stat().st_size
         if size != entry.bytes:
             raise PortfolioError(
                 f"{what} has {size} bytes, the manifest says {entry.bytes}: the file is truncated or was "
-                "replaced; re-export it"
+                f"replaced; {remedy}"
             )
         if sha256 and sha256_file(path) != entry.sha256:
-            raise PortfolioError(f"{what} does not match its sha256 in the manifest: the file is corrupt or was tampered with; re-export it")
+            raise PortfolioError(f"{what} does not match its sha256 in the manifest: the file is corrupt or was "
+                                 f"tampered with; {remedy}")
         return path
 
     def load_module(self, name: str) -> Any:
-        """Load a variant's compacted model (``model.pt2``) as a runnable module, without pickle."""
-        import torch
+        """Load a variant's compacted model (``model.pt2``) as a runnable module, without pickle.
 
-        path = self.verify_file(name, "pt2")
-        return torch.export.load(path).module()
+        The archive is checked before torch reads it (:func:`lightning_shifter.pt2.load_program`):
+        one that asks for pickle, native code or anything beyond ATen operators is refused.
+        """
+        from lightning_shifter.pt2 import load_program
+
+        entry = self[name].files.get("pt2")
+        path = self.verify_file(name, "pt2", sha256=False)
+        return load_program(path, sha256=entry.sha256, what=f"variant {name!r}").module()
 
     def pareto_front(self, costs: Sequence[str] = ("params", "macs")) -> list[Variant]:
         """Variants not dominated in (higher accuracy, lower ``costs``); those without accuracy are left out."""
@@ -586,26 +727,58 @@ class Portfolio:
         """Atomically write one file of a variant and return its entry (the manifest is not touched).
 
         ``data`` is the file's bytes, or a function that writes them to a binary file object (e.g.
-        ``lambda f: torch.export.save(program, f)``).
+        ``lambda f: torch.export.save(program, f)``). The variant's folder must be a real directory
+        inside the portfolio (a symbolic link is refused before anything is written).
         """
-        validate_variant_name(name)
-        if role not in FILE_NAMES:
-            raise PortfolioError(f"unknown file role {role!r}; known roles are {sorted(FILE_NAMES)}")
-        target = self.root / name / FILE_NAMES[role]
+        target = self._writable_folder(name, create=True) / self._file_name(role)
         atomic_write(target, data)
         return FileEntry(path=f"{name}/{target.name}", bytes=target.stat().st_size, sha256=sha256_file(target))
+
+    def delete_file(self, name: str, role: str) -> None:
+        """Remove a variant's file at ``role`` if it is there (unlist it first: see :meth:`save`)."""
+        if name in self and role in self[name].files:
+            raise PortfolioError(f"variant {name!r} still lists its {role} file: unlist it and save the manifest "
+                                 "before deleting the file")
+        folder = self._writable_folder(name, create=False)
+        if folder is not None:
+            (folder / self._file_name(role)).unlink(missing_ok=True)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files left by writers that were killed mid-write; returns what was removed.
+
+        A temporary file names the process that writes it: it is stale once that process is gone
+        (on this machine); one without a process id (older writers) once it is an hour old.
+        """
+        root = self.root.resolve()
+        folders = [root] + [entry for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink()]
+        removed = []
+        for folder in folders:
+            for entry in folder.iterdir():
+                match = _TEMPORARY.fullmatch(entry.name)
+                if match is None or entry.is_symlink() or not entry.is_file():
+                    continue
+                pid = match["pid"]
+                stale = (not _process_alive(int(pid))) if pid else (
+                    time.time() - entry.stat().st_mtime > _LEGACY_TEMPORARY_AGE_S)
+                if stale:
+                    entry.unlink(missing_ok=True)
+                    removed.append(entry)
+        return removed
 
     def put_variant(self, variant: Variant) -> None:
         """Add or replace a variant (by name) and save the manifest; its files must already exist.
 
-        A skipped entry of the same name is dropped: the variant is in the portfolio now.
+        A skipped entry of the same name is dropped: the variant is in the portfolio now. If the
+        variant is refused (a missing file, a value readers would refuse) or the manifest cannot be
+        saved, the portfolio keeps its previous entry, in memory and on disk.
         """
         previous = self._variants.get(variant.name)
         self._variants[variant.name] = variant
         try:
             for role in variant.files:
                 self.verify_file(variant.name, role, sha256=False)
-        except PortfolioError:
+            self.save()
+        except BaseException:
             if previous is None:
                 del self._variants[variant.name]
             else:
@@ -623,9 +796,18 @@ class Portfolio:
         """
         variant = self[name]  # clear error for an unknown name
         del self._variants[name]
+        skipped = self._skipped.get(name)
         if reason is not None:
             self._skipped[name] = Skipped(dataclasses.replace(variant, files={}), reason)
-        self.save()
+        try:
+            self.save()
+        except BaseException:
+            self._variants[name] = variant
+            if skipped is None:
+                self._skipped.pop(name, None)
+            else:
+                self._skipped[name] = skipped
+            raise
         if delete_files:
             self._delete_files(variant)
 
@@ -684,19 +866,18 @@ class Portfolio:
     def update_variant(self, name: str, **changes: Any) -> Variant:
         """Merge ``changes`` into a variant (dict fields are merged key by key) and save the manifest."""
         variant = self[name]
+        merged = {}
         for key, value in changes.items():
             if not hasattr(variant, key):
                 raise PortfolioError(f"Variant has no field {key!r}")
             current = getattr(variant, key)
-            if isinstance(current, dict) and isinstance(value, dict):
-                current.update(value)
-            else:
-                setattr(variant, key, value)
-        self.put_variant(variant)
-        return variant
+            merged[key] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
+        updated = dataclasses.replace(variant, **merged)
+        self.put_variant(updated)
+        return updated
 
     def save(self) -> None:
-        """Atomically rewrite ``manifest.json``."""
+        """Atomically rewrite ``manifest.json``, after checking it against the schema the readers apply."""
         from lightning_shifter import __version__
 
         data = {
@@ -708,8 +889,13 @@ class Portfolio:
         }
         if self._skipped:
             data["skipped"] = [entry.to_json() for entry in self.skipped]
+        try:
+            check_json(data, "")
+            Portfolio._from_json(self.root, data)  # every field as a reader will check it
+        except (SchemaError, PortfolioError) as err:
+            raise PortfolioError(f"{self.root / MANIFEST_NAME} not saved: {err}") from None
         text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
-        atomic_write(self.root / MANIFEST_NAME, text.encode("utf-8"))
+        atomic_write(self._writable_root() / MANIFEST_NAME, text.encode("utf-8"))
 
     # ------------------------------------------------------------------ helpers
     def _resolve(self, relative: str, what: str) -> Path:
@@ -720,8 +906,69 @@ class Portfolio:
             raise PortfolioError(f"{what}: path {relative!r} leaves the portfolio directory (through a link)")
         return path
 
+    @staticmethod
+    def _file_name(role: str) -> str:
+        if role not in FILE_NAMES:
+            raise PortfolioError(f"unknown file role {role!r}; known roles are {sorted(FILE_NAMES)}")
+        return FILE_NAMES[role]
+
+    def _writable_root(self) -> Path:
+        root = self.root.resolve()
+        if not root.is_dir():
+            raise PortfolioError(f"{self.root} is not a directory; pass the folder that holds {MANIFEST_NAME}")
+        return root
+
+    def _writable_folder(self, name: str, create: bool) -> Path | None:
+        """The variant's folder, checked to be a real directory directly inside the portfolio (the
+        portfolio folder itself may be reached through a link; nothing below it may)."""
+        validate_variant_name(name)
+        folder = self._writable_root() / name
+        try:
+            mode = os.lstat(folder).st_mode
+        except FileNotFoundError:
+            if not create:
+                return None
+            folder.mkdir()
+            mode = os.lstat(folder).st_mode
+        if stat.S_ISLNK(mode):
+            raise PortfolioError(
+                f"{folder} is a symbolic link (to {os.readlink(folder)}): a variant folder must be a real directory "
+                "inside the portfolio, so nothing is written through it; remove the link or choose another name"
+            )
+        if not stat.S_ISDIR(mode):
+            raise PortfolioError(f"{folder} exists and is not a directory: remove it or choose another variant name")
+        return folder
+
     def __repr__(self) -> str:
         return f"Portfolio({str(self.root)!r}, input={list(self.input_shape)} {self.input_dtype}, variants={self.names})"
+
+
+_REMEDIES = {
+    "pt2": "recreate the variant (lightning-shifter compact, or the Compaction callback)",
+    "fp32": "re-export it (lightning-shifter export --force, or export_portfolio(..., force=True))",
+    "int8": "re-export it (lightning-shifter export --precisions int8 --force, or export_portfolio(..., force=True))",
+}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or an id this system cannot have: leave it alone
+    return True
+
+
+def _input_shape_problem(shape: list[Any]) -> str | None:
+    """Why a list cannot be an input shape, or None."""
+    if not 1 <= len(shape) <= MAX_INPUT_RANK:
+        return f"it must have 1 to {MAX_INPUT_RANK} dimensions"
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_INPUT_DIM for d in shape):
+        return f"every dimension must be an integer from 1 to {MAX_INPUT_DIM}"
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        return f"it has {math.prod(shape)} elements, more than {MAX_INPUT_ELEMENTS}"
+    return None
 
 
 def _check_relative_path(relative: str, what: str) -> None:

@@ -1,8 +1,10 @@
 """Host-side switching between the variants of an exported portfolio.
 
-The :class:`Switcher` opens a portfolio, verifies every file's sha256, preloads every variant's
-ExecuTorch program (memory-mapped) and keeps its ``forward`` method loaded, so moving to another
-variant is a pointer swap instead of a load from storage. Which variant runs is decided by a
+The :class:`Switcher` opens a portfolio, verifies every file's sha256, trial-loads every program in
+a forked child (:mod:`lightning_shifter.trial`: a program that would crash the runtime is an error,
+not the end of this process), preloads every variant's ExecuTorch program (memory-mapped) and
+keeps its ``forward`` method loaded, so moving to another variant is a pointer swap instead of a
+load from storage. Which variant runs is decided by a
 :class:`Policy` from measured latencies, recorded accuracies and the current *conditions*: a dict of
 floats merged from pluggable signals (CPU load, a latency budget that changes over time, battery and
 thermal state).
@@ -41,6 +43,7 @@ import torch
 from executorch.runtime import Method, Runtime
 
 from lightning_shifter.portfolio import Portfolio, PortfolioError
+from lightning_shifter.trial import trial_load
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +435,17 @@ class ProgramTiming:
 
 
 def load_method(path: str | os.PathLike) -> tuple[Method, float]:
-    """Load a ``.pte`` file (memory-mapped by the runtime) and its ``forward``; returns (method, ms)."""
+    """Load a ``.pte`` file (memory-mapped by the runtime) and its ``forward``; returns (method, ms).
+
+    The program is first loaded and run once in a child process (:func:`lightning_shifter.trial.trial_load`,
+    once per file and process), so that a program that would crash the runtime raises
+    :class:`~lightning_shifter.portfolio.PortfolioError` instead; the milliseconds returned are the
+    load in this process alone.
+    """
+    problem = trial_load([path])[Path(path)]
+    if problem is not None:
+        raise PortfolioError(f"the ExecuTorch program {path} cannot be used: {problem}; re-export it "
+                             "(lightning-shifter export --force)")
     start = time.perf_counter()
     try:
         method = Runtime.get().load_program(str(path)).load_method("forward")
@@ -586,6 +599,8 @@ class Switcher:
         names = list(variants) if variants is not None else self.portfolio.names
         for name in names:
             self.portfolio[name]  # raises with the list of known names
+        # every program's trial load in one child process (load_method then finds them tried)
+        trial_load([self.portfolio.file_path(n, p) for n in names for p in precisions if p in self.portfolio[n].files])
         self._programs: dict[tuple[str, str], _Loaded] = {}
         for name in names:
             variant = self.portfolio[name]

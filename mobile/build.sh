@@ -9,9 +9,15 @@
 #   mobile/build.sh android   Android arm64-v8a; needs ANDROID_NDK and EXECUTORCH_ANDROID, and
 #                             SHIFTER_JSON_INCLUDE_DIR (else nlohmann/json is downloaded)
 #                             (see mobile/android/README.md)
+#   mobile/build.sh arm64-bundle
+#                             arm64 Android phones without an NDK: the aarch64 build made
+#                             self-contained (runner, libexecutorch*.so, the cross sysroot's glibc
+#                             loader and libraries in lib/), started by bin/shifter_runner through
+#                             the bundled loader (see mobile/README.md)
 #
-# Target T builds <build root>/T/shifter_runner, and the last line printed is that path. A new target is
-# one more target_<name> function below plus an entry in RUNNER_TARGETS (lightning_shifter/device/locator.py).
+# Target T builds <build root>/T/shifter_runner (a bundle: <build root>/T/bin/shifter_runner), and the
+# last line printed is that path. A new target is one more target_<name> function below (a '-' in the
+# name is '_' there) plus an entry in RUNNER_TARGETS (lightning_shifter/device/locator.py).
 #
 # Idempotent: a configured build only recompiles what changed. A configure that failed, was
 # interrupted or was made with other settings (another Python, CMake or generator) is redone from
@@ -130,10 +136,70 @@ target_android() {
     "${json_args[@]}"
 }
 
+target_arm64_bundle() {
+  local readelf=aarch64-linux-gnu-readelf sysroot=/usr/aarch64-linux-gnu/lib
+  command -v "$readelf" >/dev/null ||
+    die "$readelf not found; install the cross binutils (Debian: apt-get install binutils-aarch64-linux-gnu g++-aarch64-linux-gnu)"
+  # The aarch64 build first, in its own folder and under its own lock, as `build.sh aarch64` makes it.
+  (
+    target=aarch64 build_dir="$build_root/aarch64"
+    mkdir -p "$build_dir"
+    hold_lock "$build_dir/.lock"
+    target_aarch64
+  ) >&2
+  local runner="$build_root/aarch64/shifter_runner"
+  # Libraries: the runner's DT_NEEDED, transitively, from its RUNPATH (the aarch64 wheel) or the sysroot.
+  local search=() pending=("$runner") binary name folder found staging="$build_dir/.staging"
+  IFS=: read -r -a search <<<"$("$readelf" -d "$runner" | sed -n 's/.*(RUNPATH).*\[\(.*\)\]/\1/p' |
+                              sed "s|\$ORIGIN|$(dirname "$runner")|g")"
+  search+=("$sysroot")
+  rm -rf "$staging" && mkdir -p "$staging/bin" "$staging/lib"
+  while ((${#pending[@]})); do
+    binary="${pending[0]}"; pending=("${pending[@]:1}")
+    for name in $("$readelf" -d "$binary" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+      [[ -e "$staging/lib/$name" ]] && continue
+      found=""
+      for folder in "${search[@]}"; do
+        [[ -f "$folder/$name" ]] && { found="$folder/$name"; break; }
+      done
+      [[ -n "$found" ]] || die "$name (needed by $binary) is in none of: ${search[*]}"
+      cp -L "$found" "$staging/lib/$name"
+      pending+=("$found")
+    done
+  done
+  local interpreter
+  interpreter="$("$readelf" -l "$runner" | sed -n 's/.*program interpreter: \(.*\)\]/\1/p')"
+  cp -L "$sysroot/$(basename "$interpreter")" "$staging/lib/"
+  cp "$runner" "$staging/lib/shifter_runner-aarch64"
+  chmod 755 "$staging"/lib/*
+  # The launcher: /system/bin/sh is the shell of every Android release (on another aarch64 Linux,
+  # run it as `sh bin/shifter_runner`). The loader's --library-path replaces LD_LIBRARY_PATH and any
+  # system library folder, so only the bundle's libraries are loaded.
+  cat >"$staging/bin/shifter_runner" <<LAUNCHER
+#!/system/bin/sh
+# shifter_runner for arm64 devices without an NDK build (mobile/build.sh arm64-bundle): the aarch64
+# runner with the glibc it was linked against, started through the bundled loader.
+case \$0 in */*) bin=\${0%/*} ;; *) bin=\$(dirname -- "\$(command -v -- "\$0")") ;; esac
+lib="\$bin/../lib"
+exec "\$lib/$(basename "$interpreter")" --library-path "\$lib" "\$lib/shifter_runner-aarch64" "\$@"
+LAUNCHER
+  chmod 755 "$staging/bin/shifter_runner"
+  # Replace the previous bundle's files only where they differ, so that an unchanged bundle keeps its
+  # files (and their times) as they were.
+  local part
+  for part in bin lib; do
+    if ! diff -rq "$staging/$part" "$build_dir/$part" >/dev/null 2>&1; then
+      rm -rf "$build_dir/$part" && mv "$staging/$part" "$build_dir/$part"
+    fi
+  done
+  rm -rf "$staging"
+  echo "$build_dir/bin/shifter_runner"
+}
+
 # ---- main
 target="${1:-}"
-if ! declare -F "target_$target" >/dev/null; then
-  die "usage: mobile/build.sh TARGET, one of: $(compgen -A function target_ | sed 's/^target_//' | paste -sd ' ')"
+if [[ "$target" == *_* ]] || ! declare -F "target_${target//-/_}" >/dev/null; then
+  die "usage: mobile/build.sh TARGET, one of: $(compgen -A function target_ | sed 's/^target_//; s/_/-/g' | paste -sd ' ')"
 fi
 mobile_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 repo_dir="$(dirname "$mobile_dir")"
@@ -195,4 +261,4 @@ executorch_version="${EXECUTORCH_VERSION:-$("$python" -c 'from importlib.metadat
 build_dir="$build_root/$target"
 mkdir -p "$build_dir"
 hold_lock "$build_dir/.lock"
-"target_$target"
+"target_${target//-/_}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,11 +15,14 @@ from lightning_shifter.demo import DigitsDataModule
 # OpenMP threads spinning at barriers slowed single tests down by 10-50x.
 torch.set_num_threads(1)
 
-# CI replays the same pseudo-random examples on every run, so a red CI is reproducible; local runs
-# keep exploring new examples (and Hypothesis's database replays any failure they find).
-settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+# Hypothesis profiles. "repeatable" (the default, so `make test` and CI): the same pseudo-random
+# examples on every run, so a red run is reproducible anywhere. "thorough": 1,000 new examples per
+# property, for a search before a release or after changing compaction:
+#     .venv/bin/python -m pytest tests/test_compaction_properties.py --hypothesis-profile=thorough
+# (a failure prints the example's seed and its reproduction blob).
+settings.register_profile("repeatable", derandomize=True, print_blob=True, max_examples=200)
+settings.register_profile("thorough", derandomize=False, print_blob=True, max_examples=1000)
+settings.load_profile("repeatable")
 
 
 @pytest.fixture(scope="session")

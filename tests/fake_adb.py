@@ -1,20 +1,29 @@
 """A loopback stand-in for the adb server and the phones behind it, for tests without a phone.
 
 :class:`FakeAdbServer` listens on 127.0.0.1 (an ephemeral port) and speaks the adb *server*
-smart-socket protocol that adb clients (``adbutils``, the ``adb`` command) talk: 4-hex-digit length
-prefixed requests answered ``OKAY`` / ``FAIL``; the host services ``host:version``,
-``host:devices(-l)``, ``host:features``, ``host-serial:<serial>:{features,get-state,get-serialno}``,
-``host:transport:<serial>`` and ``host:tport:serial:<serial>``; then, on a device, ``shell:``
-(raw, stdin streamed), ``exec:``, ``shell,v2:`` (packet framing, separate stderr, exit code) and
-``sync:`` (STAT / LIST / SEND / RECV / DATA / DONE / QUIT).
+smart-socket protocol that adb clients (``adbutils``, Debian's ``adb`` command) talk, as adb 29-35's
+server and adbd answer it (packages/modules/adb: ``adb.cpp``, ``transport.cpp``,
+``daemon/shell_service.cpp``, ``daemon/file_sync_service.cpp``):
 
-Each :class:`FakePhone` is a sandbox folder: device paths under ``/data/local/tmp`` and ``/sys`` map
-onto ``<root>/data/local/tmp`` and ``<root>/sys`` (in sync requests and, textually, in shell
-commands, which run with ``/bin/sh -c`` in that folder), and ``getprop``, ``dumpsys battery`` and
-(with a storage limit) ``df`` are small scripts answering from the phone's settings. So the code
-under test (the harness and the adb client library) is exactly what users run against a phone.
+* host services: ``host:version``, ``host:devices(-l)``, ``host:features``, ``host:host-features``,
+  ``host:{get-state,get-serialno,get-devpath}`` for the one device (errors when none or several
+  are attached), the same under ``host-serial:<serial>:``, ``host-usb:`` and ``host-local:``, and
+  transport selection (``host:transport:<serial>``, ``host:transport-any``, ``host:transport-id:``,
+  ``host:tport:serial:``, ``host:tport:any``);
+* on a device: ``shell[,v2][,TERM=...][,raw|pty]:[command]`` (v1: one byte stream; v2: packets with
+  separate stderr, stdin close, window size and the exit status, 128 + signal for a killed shell;
+  ``pty`` through a pseudo terminal; no command: an interactive login shell), ``exec:`` (raw, no
+  shell protocol), and ``sync:`` with ``STAT``/``STA2``/``LST2``, ``LIST``/``LIS2``, ``SEND``,
+  ``RECV`` and ``QUIT``, enforcing adbd's limits: paths up to 1024 bytes, ``DATA`` up to 64 KiB, the
+  ``DONE`` message's mtime applied to the pushed file, adbd's file modes, and the sync session ending
+  after a failed push.
 
-Faults are injected here: :meth:`FakePhone.cut_pushes`, :meth:`FakePhone.corrupt_pushes`,
+The phones are :class:`fake_phone.FakePhone`: every shell command runs as ``/system/bin/sh -c`` (mksh
+with toybox) as an unprivileged user inside a sandbox holding only device paths, and an arm64 phone
+runs aarch64 programs through qemu-user. So the code under test (the harness and the adb client)
+is exactly what users run against a phone.
+
+Faults are injected on the phone: :meth:`FakePhone.cut_pushes`, :meth:`FakePhone.corrupt_pushes`,
 :meth:`FakePhone.cut_sessions`, ``storage_bytes``, and the ``state`` (``"unauthorized"``,
 ``"offline"``) or absence of a phone. Every connection has a timeout and every command a time limit;
 :meth:`FakeAdbServer.close` stops the server and the processes it started.
@@ -22,226 +31,55 @@ Faults are injected here: :meth:`FakePhone.cut_pushes`, :meth:`FakePhone.corrupt
 Example::
 
     with FakeAdbServer() as server:
-        server.add_phone("fake-1", tmp_path / "fake-1")
+        server.add_phone("fake-1", abi="arm64-v8a")
         adb = adbutils.AdbClient(port=server.port)
-        adb.device("fake-1").shell("getprop ro.product.cpu.abi")  # 'x86_64'
+        adb.device("fake-1").shell("getprop ro.product.cpu.abi")  # 'arm64-v8a'
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
-import re
+import pty
+import shutil
 import signal
 import socket
 import socketserver
-import stat
 import struct
 import subprocess
+import tempfile
+import termios
 import threading
 from pathlib import Path
 from typing import Any
 
-SERVER_VERSION = 41
+from fake_phone import FakePhone, chmod_as_adbd, exit_status
+
+SERVER_VERSION = 41  # adb 29.0.6 (Debian 12) to 35: the client checks it before anything else
 FEATURES = "shell_v2,cmd,stat_v2,ls_v2,fixed_push_mkdir,apex,abb,fixed_push_symlink_timestamp,abb_exec"
-DEVICE_PREFIXES = ("/data/local/tmp", "/sys")
 UNAUTHORIZED_MESSAGE = (
     "device unauthorized.\nThis adb server's $ADB_VENDOR_KEYS is not set\n"
     "Try 'adb kill-server' if that seems wrong.\nOtherwise check for a confirmation dialog on your device."
 )
-_SYNC_CHUNK = 64 * 1024
-
-_GETPROP = r"""#!/bin/sh
-props="$FAKE_PHONE_ROOT/props"
-if [ $# -eq 0 ]; then
-  awk 'BEGIN{FS="="} {k=$1; sub(/^[^=]*=/, ""); print "[" k "]: [" $0 "]"}' "$props"
-else
-  awk -v k="$1" 'index($0, k "=") == 1 {print substr($0, length(k) + 2); exit}' "$props"
-fi
-"""
-_DUMPSYS = r"""#!/bin/sh
-if [ "$1" = battery ]; then
-  b="$FAKE_PHONE_ROOT/sys/class/power_supply/battery"
-  status=3; [ "$(cat "$b/status")" = Charging ] && status=2
-  echo "Current Battery Service state:"
-  echo "  AC powered: false"
-  echo "  USB powered: true"
-  echo "  status: $status"
-  echo "  level: $(cat "$b/capacity")"
-  echo "  scale: 100"
-  echo "  temperature: $(cat "$b/temp")"
-else
-  echo "Can't find service: $1" >&2
-  exit 1
-fi
-"""
-# toybox-style `df -k`, the phone's /data holding FAKE_STORAGE_KB kilobytes
-_DF = r"""#!/bin/sh
-used=$(du -sk "$FAKE_PHONE_ROOT/data" | awk '{print $1}')
-echo "Filesystem     1K-blocks    Used Available Use% Mounted on"
-echo "/dev/block/dm-5 $FAKE_STORAGE_KB $used $((FAKE_STORAGE_KB - used)) $((100 * used / (FAKE_STORAGE_KB + 1)))% /data"
-"""
-
-
-class FakePhone:
-    """One phone behind the fake server: a sandbox folder, its properties, state and faults."""
-
-    def __init__(self, serial: str, root: str | os.PathLike, abi: str = "x86_64", model: str = "FakePhone",
-                 cores: int = 4, governor: str = "schedutil", temperatures_c: dict[str, float] | None = None,
-                 battery_level: int = 80, battery_temperature_c: float = 30.0,
-                 storage_bytes: int | None = None, props: dict[str, str] | None = None,
-                 state: str = "device") -> None:
-        self.serial = serial
-        self.root = Path(root).resolve()
-        self.state = state
-        self.storage_bytes = storage_bytes
-        self._lock = threading.Lock()
-        self._cut_push_after: int | None = None
-        self._cut_push_times = 0
-        self._corrupt_push_times = 0
-        self._cut_session_after: int | None = None
-        self._cut_session_times = 0
-        self.pushed: list[str] = []  # device paths of completed pushes, in order
-        self.commands: list[str] = []  # shell commands as received (before path mapping)
-        self.props = {
-            "ro.product.cpu.abi": abi,
-            "ro.product.cpu.abilist": abi,
-            "ro.product.model": model,
-            "ro.product.manufacturer": "LoopbackLabs",
-            "ro.build.version.release": "14",
-            "ro.build.version.sdk": "34",
-            "ro.serialno": serial,
-            **(props or {}),
-        }
-        for folder in ("data/local/tmp", "bin"):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
-        self._write_scripts()
-        self._write_props()
-        self.set_cpu(cores, governor)
-        for zone, celsius in (temperatures_c or {"cpu-0": 40.0, "battery": 30.0}).items():
-            self.set_temperature(zone, celsius)
-        self.set_battery(battery_level, battery_temperature_c)
-
-    # ------------------------------------------------------------------ settings
-    def set_prop(self, key: str, value: str) -> None:
-        self.props[key] = value
-        self._write_props()
-
-    def set_temperature(self, zone_type: str, celsius: float) -> None:
-        """Set (or add) the thermal zone of this type, as Android does: millidegrees in ``temp``."""
-        thermal = self.root / "sys/class/thermal"
-        thermal.mkdir(parents=True, exist_ok=True)
-        for zone in sorted(thermal.glob("thermal_zone*")):
-            if (zone / "type").read_text().strip() == zone_type:
-                break
-        else:
-            zone = thermal / f"thermal_zone{len(list(thermal.glob('thermal_zone*')))}"
-            zone.mkdir()
-            (zone / "type").write_text(zone_type + "\n")
-        (zone / "temp").write_text(f"{round(celsius * 1000)}\n")
-
-    def set_battery(self, level: int, temperature_c: float, charging: bool = False) -> None:
-        """Battery as Android's sysfs has it (``dumpsys battery`` reads the same values)."""
-        battery = self.root / "sys/class/power_supply/battery"
-        battery.mkdir(parents=True, exist_ok=True)
-        for name, value in (("type", "Battery"), ("capacity", level), ("temp", round(temperature_c * 10)),
-                            ("status", "Charging" if charging else "Discharging")):
-            (battery / name).write_text(f"{value}\n")
-
-    def set_cpu(self, cores: int, governor: str) -> None:
-        cpu = self.root / "sys/devices/system/cpu"
-        cpu.mkdir(parents=True, exist_ok=True)
-        (cpu / "possible").write_text(f"0-{cores - 1}\n")
-        for index in range(cores):
-            freq = cpu / f"cpu{index}/cpufreq"
-            freq.mkdir(parents=True, exist_ok=True)
-            (freq / "scaling_governor").write_text(governor + "\n")
-            (freq / "cpuinfo_max_freq").write_text(f"{1804800 + 400000 * (index >= cores // 2)}\n")
-
-    # ------------------------------------------------------------------ faults
-    def cut_pushes(self, after_bytes: int, times: int = 1) -> None:
-        """Drop the connection after ``after_bytes`` bytes of each of the next ``times`` pushes."""
-        with self._lock:
-            self._cut_push_after, self._cut_push_times = after_bytes, times
-
-    def corrupt_pushes(self, times: int = 1) -> None:
-        """Flip one byte of each of the next ``times`` pushed files (the push itself reports OKAY)."""
-        with self._lock:
-            self._corrupt_push_times = times
-
-    def cut_sessions(self, after_input_lines: int, times: int = 1) -> None:
-        """Drop the next ``times`` interactive shells (those fed stdin) after that many input lines."""
-        with self._lock:
-            self._cut_session_after, self._cut_session_times = after_input_lines, times
-
-    def _take(self, name: str) -> Any:
-        """Use up one occurrence of a fault; returns its parameter or None when not armed."""
-        with self._lock:
-            if name == "corrupt":
-                if self._corrupt_push_times <= 0:
-                    return None
-                self._corrupt_push_times -= 1
-                return True
-            times_attr, value_attr = f"_{name}_times", f"_{name}_after"
-            if getattr(self, times_attr) <= 0:
-                return None
-            setattr(self, times_attr, getattr(self, times_attr) - 1)
-            return getattr(self, value_attr)
-
-    # ------------------------------------------------------------------ paths and processes
-    def map_path(self, device_path: str) -> Path | None:
-        """The sandbox path of a device path, or None where the fake phone has nothing."""
-        normalized = os.path.normpath(device_path) if device_path else ""
-        for prefix in DEVICE_PREFIXES:
-            if normalized == prefix or normalized.startswith(prefix + "/"):
-                return self.root / normalized.lstrip("/")
-        return None
-
-    def map_command(self, command: str) -> str:
-        """Rewrite device paths in a shell command to sandbox paths (whole path components only)."""
-        alternatives = "|".join(re.escape(p) for p in sorted(DEVICE_PREFIXES, key=len, reverse=True))
-        pattern = re.compile(rf"(?<![A-Za-z0-9_.\-/])({alternatives})(?![A-Za-z0-9_.\-])")
-        return pattern.sub(lambda m: str(self.root) + m.group(1), command)
-
-    def env(self) -> dict[str, str]:
-        env = {
-            "PATH": f"{self.root / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(self.root / "data/local/tmp"),
-            "TMPDIR": str(self.root / "data/local/tmp"),
-            "FAKE_PHONE_ROOT": str(self.root),
-            "LANG": "C.UTF-8",
-        }
-        if self.storage_bytes is not None:
-            env["FAKE_STORAGE_KB"] = str(self.storage_bytes // 1024)
-        return env
-
-    def storage_left(self) -> int | None:
-        if self.storage_bytes is None:
-            return None
-        used = sum(p.stat().st_size for p in (self.root / "data").rglob("*") if p.is_file())
-        return self.storage_bytes - used
-
-    def _write_props(self) -> None:
-        (self.root / "props").write_text("".join(f"{k}={v}\n" for k, v in self.props.items()))
-
-    def _write_scripts(self) -> None:
-        for name, text in (("getprop", _GETPROP), ("dumpsys", _DUMPSYS), ("df", _DF)):
-            path = self.root / "bin" / name
-            path.write_text(text)
-            path.chmod(0o755)
-
-    def _update_df(self) -> None:
-        """The fake `df` answers only while a storage limit is set (else the host's `df` does)."""
-        (self.root / "bin" / "df").chmod(0o755 if self.storage_bytes is not None else 0o644)
+SYNC_DATA_MAX = 64 * 1024  # file_sync_protocol.h
+SYNC_PATH_MAX = 1024
+_CHUNK = 64 * 1024
 
 
 class FakeAdbServer:
-    """The adb server stand-in; use as a context manager (or call :meth:`close`)."""
+    """The adb server stand-in; use as a context manager (or call :meth:`close`).
+
+    Phones live in a folder of the server's (``directory``) that the phones' unprivileged user can
+    reach even when the tests run as root in folders only root may enter."""
 
     def __init__(self, io_timeout_s: float = 30.0, command_timeout_s: float = 120.0) -> None:
         self.io_timeout_s = io_timeout_s
         self.command_timeout_s = command_timeout_s
         self.phones: dict[str, FakePhone] = {}
         self.requests: list[str] = []
+        self.directory = Path(tempfile.mkdtemp(prefix="fake-adb-"))
+        self.directory.chmod(0o711)
         self._processes: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         server = self
@@ -264,8 +102,11 @@ class FakeAdbServer:
                                         name="fake-adb-server", daemon=True)
         self._thread.start()
 
-    def add_phone(self, serial: str, root: str | os.PathLike, **settings: Any) -> FakePhone:
-        phone = FakePhone(serial, root, **settings)
+    def add_phone(self, serial: str, **settings: Any) -> FakePhone:
+        """Plug in a phone (settings: see :class:`FakePhone`); its sandbox is checked to start here."""
+        phone = FakePhone(serial, self.directory / serial, **settings)
+        phone.check_sandbox()
+        phone.transport_id = 1 + max((p.transport_id for p in self.phones.values()), default=0)
         self.phones[serial] = phone
         return phone
 
@@ -281,6 +122,7 @@ class FakeAdbServer:
         for process in processes:
             _kill(process)
         self._thread.join(timeout=5)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> FakeAdbServer:
         return self
@@ -288,13 +130,8 @@ class FakeAdbServer:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _spawn(self, phone: FakePhone, command: str, stderr_to_stdout: bool) -> subprocess.Popen:
-        phone._update_df()
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", phone.map_command(command)], cwd=phone.root / "data/local/tmp", env=phone.env(),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE, start_new_session=True,
-        )
+    def _start(self, phone: FakePhone, command: str, terminal: str | None, **popen: Any) -> subprocess.Popen:
+        process = phone.start(command or None, terminal, **popen)
         with self._lock:
             self._processes.add(process)
         timer = threading.Timer(self.command_timeout_s, _kill, (process,))
@@ -304,6 +141,7 @@ class FakeAdbServer:
         return process
 
     def _reap(self, process: subprocess.Popen) -> int:
+        """Wait for a shell and return the exit status adbd reports for it."""
         try:
             code = process.wait(timeout=self.command_timeout_s)
         except subprocess.TimeoutExpired:
@@ -312,7 +150,7 @@ class FakeAdbServer:
         process.timer.cancel()  # type: ignore[attr-defined]
         with self._lock:
             self._processes.discard(process)
-        return code
+        return exit_status(code)
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -321,6 +159,25 @@ def _kill(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _parse_shell_service(request: str) -> tuple[dict[str, Any], str] | None:
+    """``shell[,arg,...]:command`` -> ({"v2", "pty", "term"}, command), as adbd parses it."""
+    head, sep, command = request.partition(":")
+    if not sep or not (head == "shell" or head.startswith("shell,")):
+        return None
+    options: dict[str, Any] = {"v2": False, "pty": None, "term": None}
+    for argument in head.split(",")[1:]:
+        if argument == "v2":
+            options["v2"] = True
+        elif argument in ("raw", "pty"):
+            options["pty"] = argument == "pty"
+        elif argument.startswith("TERM="):
+            options["term"] = argument[len("TERM="):]
+        # adbd ignores unknown arguments ("to allow for future expansion")
+    if options["pty"] is None:
+        options["pty"] = not command  # adbd: a pty for an interactive shell, raw for a command
+    return options, command
 
 
 class _Connection:
@@ -362,57 +219,90 @@ class _Connection:
             if not self.host_service(request):
                 return
 
+    def _one_phone(self, serial: str | None, transport_id: int | None = None) -> tuple[FakePhone | None, str]:
+        """The phone a request means (acquire_one_transport): by transport id or serial, else the only one."""
+        phones = self.server.phones
+        if transport_id is not None:
+            phone = next((p for p in phones.values() if p.transport_id == transport_id), None)
+            if phone is None:
+                return None, f"no device with transport id '{transport_id}'"
+        elif serial is not None:
+            phone = phones.get(serial)
+            if phone is None:
+                return None, f"device '{serial}' not found"
+        elif not phones:
+            return None, "no devices/emulators found"
+        elif len(phones) > 1:
+            return None, "more than one device/emulator"
+        else:
+            phone = next(iter(phones.values()))
+        if phone.state == "unauthorized":
+            return None, UNAUTHORIZED_MESSAGE
+        if phone.state != "device":
+            return None, f"device {phone.state}"
+        return phone, ""
+
     def host_service(self, request: str) -> bool:
         """Answer a host request; True when the connection now talks to a device."""
         phones = self.server.phones
+        serial: str | None = None
+        transport_id: int | None = None
+        if request.startswith("host-serial:"):
+            serial, _, query = request[len("host-serial:"):].rpartition(":")
+            request = "host:" + query
+        elif request.startswith("host-transport-id:"):
+            number, _, query = request[len("host-transport-id:"):].partition(":")
+            transport_id, request = int(number) if number.isdigit() else -1, "host:" + query
+        elif request.startswith(("host-usb:", "host-local:")):
+            request = "host:" + request.split(":", 1)[1]
         if request == "host:version":
             self.block(f"{SERVER_VERSION:04x}")
         elif request in ("host:devices", "host:devices-l"):
             lines = []
             for phone in phones.values():
-                line = f"{phone.serial}\t{phone.state}"
+                line = f"{phone.serial}\t{phone.state}" if not request.endswith("-l") else f"{phone.serial:<22} {phone.state}"
                 if request.endswith("-l") and phone.state == "device":
                     model = phone.props["ro.product.model"].replace(" ", "_")
-                    line += f" product:{model.lower()} model:{model} device:{model.lower()} transport_id:1"
+                    line += (f" product:{phone.props['ro.product.name']} model:{model} "
+                             f"device:{phone.props['ro.product.device']} transport_id:{phone.transport_id}")
                 lines.append(line + "\n")
             self.block("".join(lines))
-        elif request == "host:features":
-            self.block(FEATURES)
-        elif request.startswith("host-serial:"):
-            serial, _, query = request[len("host-serial:"):].rpartition(":")
-            phone = phones.get(serial)
+        elif request == "host:host-features":
+            self.block("shell_v2,cmd,stat_v2,ls_v2,fixed_push_mkdir,apex,abb,fixed_push_symlink_timestamp,abb_exec")
+        elif request in ("host:features", "host:get-serialno", "host:get-devpath", "host:get-state"):
+            phone, error = self._one_phone(serial, transport_id)
             if phone is None:
-                self.fail(f"device '{serial}' not found")
-            elif query == "get-state":
-                self.block(phone.state) if phone.state == "device" else self.fail(self._state_error(phone))
-            elif phone.state != "device":
-                self.fail(self._state_error(phone))
-            elif query == "features":
+                self.fail(error)
+            elif request == "host:features":
                 self.block(FEATURES)
-            elif query == "get-serialno":
+            elif request == "host:get-serialno":
                 self.block(phone.serial)
+            elif request == "host:get-devpath":
+                self.block("usb:1-1")
             else:
-                self.fail(f"unsupported host-serial query {query!r}")
-        elif request.startswith(("host:transport:", "host:tport:serial:")):
-            serial = request.rsplit(":", 1)[1]
-            phone = phones.get(serial)
+                self.block(phone.state)
+        elif request.startswith(("host:transport", "host:tport:")):
+            tport = request.startswith("host:tport:")
+            selector = request[len("host:tport:"):] if tport else request[len("host:"):]
+            if selector.startswith("serial:"):
+                serial = selector[len("serial:"):]
+            elif selector.startswith("transport:"):
+                serial = selector[len("transport:"):]
+            elif selector.startswith("transport-id:"):
+                number = selector[len("transport-id:"):]
+                transport_id = int(number) if number.isdigit() else -1
+            phone, error = self._one_phone(serial, transport_id)
             if phone is None:
-                self.fail(f"device '{serial}' not found")
-            elif phone.state != "device":
-                self.fail(self._state_error(phone))
-            else:
-                self.phone = phone
-                self.okay(struct.pack("<Q", 1) if request.startswith("host:tport:") else b"")
-                return True
+                self.fail(error)
+                return False
+            self.phone = phone
+            self.okay(struct.pack("<Q", phone.transport_id) if tport else b"")
+            return True
         elif request == "host:kill":
             self.okay()  # the stand-in outlives its clients; the test stops it
         else:
             self.fail(f"unsupported host service {request!r}")
         return False
-
-    @staticmethod
-    def _state_error(phone: FakePhone) -> str:
-        return UNAUTHORIZED_MESSAGE if phone.state == "unauthorized" else f"device {phone.state}"
 
     # ------------------------------------------------------------------ device services
     def device_service(self, request: str) -> None:
@@ -423,23 +313,32 @@ class _Connection:
         if request == "sync:":
             self.okay()
             return self.sync(phone)
-        for prefix, v2 in (("shell,v2,raw:", True), ("shell,v2:", True), ("shell,raw:", False),
-                           ("shell:", False), ("exec:", False)):
-            if request.startswith(prefix):
-                command = request[len(prefix):]
-                phone.commands.append(command)
-                self.okay()
-                return self.shell_v2(phone, command) if v2 else self.shell_v1(phone, command)
-        self.fail(f"unsupported device service {request!r}")
+        if request.startswith("exec:"):  # a raw shell without the shell protocol
+            command = request[len("exec:"):]
+            phone.commands.append(command)
+            self.okay()
+            return self.raw(phone, command, terminal=None)
+        parsed = _parse_shell_service(request)
+        if parsed is None:
+            self.fail(f"unsupported device service {request!r}")
+            return
+        options, command = parsed
+        phone.commands.append(command)
+        self.okay()
+        if options["pty"]:
+            return self.pty(phone, command, options["term"], options["v2"])
+        if options["v2"]:
+            return self.shell_v2(phone, command, options["term"])
+        return self.raw(phone, command, options["term"])
 
-    def shell_v1(self, phone: FakePhone, command: str) -> None:
-        """Raw shell: stdin from the socket, stdout and stderr merged onto it, closed at exit."""
-        process = self.server._spawn(phone, command, stderr_to_stdout=True)
-        cut_after = phone._take("cut_session") if command else None
-        pump = threading.Thread(target=self._pump_stdin_v1, args=(process, cut_after), daemon=True)
-        pump.start()
+    def raw(self, phone: FakePhone, command: str, terminal: str | None) -> None:
+        """Shell v1 and exec: stdin from the socket, stdout and stderr onto it, closed at exit."""
+        process = self.server._start(phone, command, terminal, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        cut_after = phone.take_fault("cut_session") if command else None
+        threading.Thread(target=self._pump_stdin_v1, args=(process, cut_after), daemon=True).start()
         try:
-            while chunk := process.stdout.read1(_SYNC_CHUNK):
+            while chunk := process.stdout.read1(_CHUNK):
                 self.sock.sendall(chunk)
         except OSError:
             _kill(process)
@@ -450,7 +349,7 @@ class _Connection:
         lines = 0
         self.sock.settimeout(None)  # an interactive session may idle; the command limit bounds it
         try:
-            while chunk := self.sock.recv(_SYNC_CHUNK):
+            while chunk := self.sock.recv(_CHUNK):
                 lines += chunk.count(b"\n")
                 if cut_after is not None and lines >= cut_after:
                     # the phone vanished mid-session: connection and process die together
@@ -470,40 +369,58 @@ class _Connection:
         except subprocess.TimeoutExpired:
             _kill(process)  # the client hung up: adbd closes the shell's streams and it dies
 
-    def shell_v2(self, phone: FakePhone, command: str) -> None:
-        """Shell protocol v2: packets (id, length, data): 0 stdin, 1 stdout, 2 stderr, 3 exit, 4 close stdin."""
-        process = self.server._spawn(phone, command, stderr_to_stdout=False)
-        send_lock = threading.Lock()
+    def _v2_sender(self) -> Any:
+        lock = threading.Lock()
 
         def send(packet_id: int, data: bytes) -> None:
-            with send_lock:
+            with lock:
                 self.sock.sendall(struct.pack("<BI", packet_id, len(data)) + data)
 
-        def forward(stream: Any, packet_id: int) -> None:
-            try:
-                while chunk := stream.read1(_SYNC_CHUNK):
-                    send(packet_id, chunk)
-            except OSError:
-                _kill(process)
+        return send
 
-        def pump_stdin() -> None:
+    def _v2_stdin(self, write: Any, close: Any, resize: Any = None) -> None:
+        """Shell protocol v2 from the client: 0 stdin, 4 close stdin, 5 window size ("rows cols xp yp")."""
+        try:
+            while True:
+                packet_id, length = struct.unpack("<BI", self.recv_exact(5))
+                data = self.recv_exact(length)
+                if packet_id == 0:
+                    write(data)
+                elif packet_id == 4:
+                    break
+                elif packet_id == 5 and resize is not None:
+                    resize(data)
+        except (OSError, EOFError):
+            pass
+        close()
+
+    def shell_v2(self, phone: FakePhone, command: str, terminal: str | None) -> None:
+        """Shell protocol v2: packets (id, length, data): 1 stdout, 2 stderr, 3 exit status (one byte)."""
+        process = self.server._start(phone, command, terminal, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        send = self._v2_sender()
+
+        def write(data: bytes) -> None:
             try:
-                while True:
-                    packet_id, length = struct.unpack("<BI", self.recv_exact(5))
-                    data = self.recv_exact(length)
-                    if packet_id == 0:
-                        process.stdin.write(data)
-                        process.stdin.flush()
-                    elif packet_id == 4:
-                        break
-            except (OSError, EOFError):
+                process.stdin.write(data)
+                process.stdin.flush()
+            except OSError:
                 pass
+
+        def close() -> None:
             try:
                 process.stdin.close()
             except OSError:
                 pass
 
-        threading.Thread(target=pump_stdin, daemon=True).start()
+        def forward(stream: Any, packet_id: int) -> None:
+            try:
+                while chunk := stream.read1(_CHUNK):
+                    send(packet_id, chunk)
+            except OSError:
+                _kill(process)
+
+        threading.Thread(target=self._v2_stdin, args=(write, close), daemon=True).start()
         readers = [threading.Thread(target=forward, args=(s, i), daemon=True)
                    for s, i in ((process.stdout, 1), (process.stderr, 2))]
         for reader in readers:
@@ -512,104 +429,215 @@ class _Connection:
             reader.join()
         code = self.server._reap(process)
         try:
-            send(3, bytes([code & 0xFF]))
+            send(3, bytes([code]))
         except OSError:
             pass
+
+    def pty(self, phone: FakePhone, command: str, terminal: str | None, v2: bool) -> None:
+        """A shell on a pseudo terminal: one stream (the terminal translates newlines), v1 or v2."""
+        master, slave = pty.openpty()
+        try:
+            process = self.server._start(phone, command, terminal, stdin=slave, stdout=slave, stderr=slave)
+        finally:
+            os.close(slave)
+        send = self._v2_sender()
+
+        def write(data: bytes) -> None:
+            try:
+                os.write(master, data)
+            except OSError:
+                pass
+
+        def resize(data: bytes) -> None:  # "ROWSxCOLS,XPIXELSxYPIXELS"
+            try:
+                rows, cols, xpixels, ypixels = (int(v) for v in data.rstrip(b"\0").replace(b",", b"x").split(b"x"))
+            except ValueError:
+                return
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpixels, ypixels))
+
+        if v2:
+            threading.Thread(target=self._v2_stdin, args=(write, lambda: None, resize), daemon=True).start()
+        else:
+            def pump() -> None:
+                try:
+                    while chunk := self.sock.recv(_CHUNK):
+                        write(chunk)
+                except OSError:
+                    pass
+
+            threading.Thread(target=pump, daemon=True).start()
+        try:
+            while True:
+                try:
+                    chunk = os.read(master, _CHUNK)
+                except OSError as err:  # EIO: every process holding the terminal is gone
+                    if err.errno != errno.EIO:
+                        raise
+                    break
+                if not chunk:
+                    break
+                send(1, chunk) if v2 else self.sock.sendall(chunk)
+        except OSError:
+            _kill(process)
+        finally:
+            code = self.server._reap(process)
+            os.close(master)
+        if v2:
+            try:
+                send(3, bytes([code]))
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ sync
     def sync(self, phone: FakePhone) -> None:
         while True:
             ident, length = struct.unpack("<4sI", self.recv_exact(8))
+            if length > SYNC_PATH_MAX:
+                return self.sync_fail("path too long")
+            path = self.recv_exact(length).decode(errors="surrogateescape")
             if ident == b"QUIT":
                 return
-            path = self.recv_exact(length).decode()
             if ident == b"STAT":
-                self.sync_stat(phone, path)
-            elif ident == b"LIST":
-                self.sync_list(phone, path)
+                self.sync_stat_v1(phone, path)
+            elif ident in (b"STA2", b"LST2"):
+                self.sync_stat_v2(phone, path, follow=ident == b"STA2")
+            elif ident in (b"LIST", b"LIS2"):
+                self.sync_list(phone, path, v2=ident == b"LIS2")
             elif ident == b"SEND":
                 if not self.sync_send(phone, path):
-                    return
+                    return  # adbd ends the sync session after a failed push
             elif ident == b"RECV":
-                self.sync_recv(phone, path)
+                if not self.sync_recv(phone, path):
+                    return
             else:
-                self.sync_fail(f"unknown sync command {ident!r}")
-                return
+                return self.sync_fail(f"unknown command {struct.unpack('<I', ident)[0]:08x}")
 
     def sync_fail(self, message: str) -> None:
         data = message.encode()
         self.sock.sendall(b"FAIL" + struct.pack("<I", len(data)) + data)
 
-    def sync_stat(self, phone: FakePhone, path: str) -> None:
-        local = phone.map_path(path)
-        try:
-            info = local.stat() if local is not None else None
-        except OSError:
-            info = None
-        values = (info.st_mode, info.st_size, int(info.st_mtime)) if info else (0, 0, 0)
+    def sync_stat_v1(self, phone: FakePhone, path: str) -> None:
+        info = phone.stat(path, follow=False)  # adbd's STAT is an lstat; zeros when it fails
+        values = (info.st_mode, info.st_size & 0xFFFFFFFF, int(info.st_mtime)) if not isinstance(info, int) else (0, 0, 0)
         self.sock.sendall(b"STAT" + struct.pack("<III", *values))
 
-    def sync_list(self, phone: FakePhone, path: str) -> None:
-        local = phone.map_path(path)
+    def sync_stat_v2(self, phone: FakePhone, path: str, follow: bool) -> None:
+        info = phone.stat(path, follow)
+        ident = b"STA2" if follow else b"LST2"
+        if isinstance(info, int):
+            self.sock.sendall(ident + struct.pack("<I", info) + bytes(64))
+            return
+        self.sock.sendall(ident + self._stat_v2_fields(info))
+
+    @staticmethod
+    def _stat_v2_fields(info: os.stat_result) -> bytes:
+        return struct.pack("<IQQIIIIQqqq", 0, info.st_dev, info.st_ino, info.st_mode, info.st_nlink, info.st_uid,
+                           info.st_gid, info.st_size, int(info.st_atime), int(info.st_mtime), int(info.st_ctime))
+
+    def sync_list(self, phone: FakePhone, path: str, v2: bool) -> None:
+        local = phone.host_path(path)
         entries = sorted(local.iterdir()) if local is not None and local.is_dir() else []
         for entry in entries:
-            info = entry.stat()
-            name = entry.name.encode()
-            self.sock.sendall(b"DENT" + struct.pack("<IIII", info.st_mode, info.st_size, int(info.st_mtime), len(name))
-                              + name)
-        self.sock.sendall(b"DONE" + bytes(16))
+            try:
+                info = entry.lstat()
+            except OSError:
+                continue
+            name = entry.name.encode(errors="surrogateescape")
+            if v2:
+                self.sock.sendall(b"DNT2" + self._stat_v2_fields(info) + struct.pack("<I", len(name)) + name)
+            else:
+                self.sock.sendall(b"DENT" + struct.pack("<IIII", info.st_mode, info.st_size & 0xFFFFFFFF,
+                                                        int(info.st_mtime), len(name)) + name)
+        self.sock.sendall(b"DONE" + bytes(72 if v2 else 16))
 
     def sync_send(self, phone: FakePhone, spec: str) -> bool:
-        """Receive one file; False when the connection was cut (a fault)."""
-        path, _, mode_text = spec.rpartition(",")
-        mode = int(mode_text) if mode_text.isdigit() else 0o644
-        local = phone.map_path(path)
-        cut_after = phone._take("cut_push")
-        chunks, received = [], 0
+        """Receive one file (SEND v1: "path,mode"); False when the session ends (a failure or a fault)."""
+        path, comma, mode_text = spec.rpartition(",")
+        if not comma:
+            self.sync_fail("missing , in ID_SEND_V1")
+            return False
+        try:
+            mode = int(mode_text, 0)
+        except ValueError:
+            self.sync_fail("bad mode")
+            return False
+        local = phone.host_path(path)
+        cut_after = phone.take_fault("cut_push")
+        chunks, received, problem, timestamp = [], 0, None, 0
+        if local is None or not phone.writable(path):
+            problem = f"couldn't create file: {'Read-only file system' if local is not None else 'Permission denied'}"
+        elif path.endswith("/"):
+            problem = "couldn't create file: Is a directory"
         while True:
             ident, value = struct.unpack("<4sI", self.recv_exact(8))
             if ident == b"DONE":
+                timestamp = value
                 break
             if ident != b"DATA":
-                self.sync_fail(f"unexpected {ident!r} in a push")
+                self.sync_fail("invalid data message")
+                return False
+            if value > SYNC_DATA_MAX:
+                self.sync_fail("oversize data message")
                 return False
             data = self.recv_exact(value)
             if cut_after is not None and received + len(data) >= cut_after:
                 # the cable was pulled: what arrived so far stays on the device, as with real adbd
-                if local is not None:
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    local.write_bytes(b"".join(chunks) + data[: cut_after - received])
+                if problem is None:
+                    self._write(phone, local, b"".join(chunks) + data[: cut_after - received], mode, None)
                 self.sock.shutdown(socket.SHUT_RDWR)
                 return False
             chunks.append(data)
             received += len(data)
         content = b"".join(chunks)
-        if local is None:
-            self.sync_fail(f"remote couldn't create file: Permission denied: {path}")
-            return True
         left = phone.storage_left()
-        if left is not None:
+        if problem is None and left is not None:
             existing = local.stat().st_size if local.is_file() else 0
             if len(content) > left + existing:
-                self.sync_fail(f"remote write failed: No space left on device: {path}")
-                return True
-        if content and phone._take("corrupt"):
+                problem = "write failed: No space left on device"
+        if problem is None and local.is_dir():
+            problem = "couldn't create file: Is a directory"
+        if problem is not None:
+            self.sync_fail(problem)
+            return False
+        if content and phone.take_fault("corrupt"):
             flipped = bytearray(content)
             flipped[len(flipped) // 2] ^= 0xFF
             content = bytes(flipped)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes(content)
-        local.chmod(stat.S_IMODE(mode))
+        self._write(phone, local, content, mode, timestamp)
         phone.pushed.append(path)
         self.sock.sendall(b"OKAY" + bytes(4))
         return True
 
-    def sync_recv(self, phone: FakePhone, path: str) -> None:
-        local = phone.map_path(path)
-        if local is None or not local.is_file():
-            self.sync_fail(f"remote object '{path}' does not exist")
-            return
-        with open(local, "rb") as f:
-            while chunk := f.read(_SYNC_CHUNK):
+    @staticmethod
+    def _write(phone: FakePhone, local: Path, content: bytes, mode: int, mtime: int | None) -> None:
+        """Write a pushed file as adbd does: parents created (0775), the old file unlinked (so a running
+        program keeps its copy), mode with owner bits copied to group and others, the shell user's."""
+        missing = []
+        parent = local.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        for folder in reversed(missing):
+            folder.mkdir()
+            phone.own(folder, 0o775)
+        if local.is_file() or local.is_symlink():
+            local.unlink()
+        local.write_bytes(content)
+        phone.own(local, chmod_as_adbd(mode))
+        if mtime is not None:
+            os.utime(local, (mtime, mtime))
+
+    def sync_recv(self, phone: FakePhone, path: str) -> bool:
+        local = phone.host_path(path)
+        try:
+            if local is None:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+            stream = open(local, "rb")
+        except OSError as err:
+            self.sync_fail(f"open failed: {os.strerror(err.errno or errno.EIO)}")
+            return False
+        with stream:
+            while chunk := stream.read(SYNC_DATA_MAX):
                 self.sock.sendall(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
         self.sock.sendall(b"DONE" + bytes(4))
+        return True

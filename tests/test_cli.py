@@ -169,10 +169,10 @@ def test_report_with_a_session_log(exported, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------- device (loopback adb)
 @pytest.fixture
-def adb(monkeypatch, tmp_path):
+def adb(monkeypatch):
     monkeypatch.setenv("ADBUTILS_ADB_PATH", "/nonexistent/adb")  # never start a real adb server
     with FakeAdbServer(command_timeout_s=60.0) as server:
-        server.add_phone("fake-1", tmp_path / "phone")
+        server.add_phone("fake-1")
         yield server
 
 
@@ -282,6 +282,8 @@ def test_fit_help_is_lightning_cli_help(capsys):
     ["demo", "--prune-fraction", "1.5"], ["report", "p", "--bogus"], ["device", "switch", "p", "--budget", "soon"],
     ["device", "switch", "p", "--budget", "3:1,1:2"], ["compact", "m.pt2", "--portfolio", "p", "--input-shape", "a,b"],
     ["compact", "m.pt2", "--portfolio", "p", "--init-args", "[1]"],
+    ["device", "bench", "p", "--runs", "150000"], ["device", "bench", "p", "--reloads", "1001"],
+    ["device", "bench", "p", "--warmup", "-1"],
 ])
 def test_bad_usage_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -329,6 +329,95 @@ def test_a_wrong_rewrite_is_never_returned(monkeypatch):
         compact(model, torch.randn(1, 3, 3, 3))
 
 
+# ---------------------------------------------------------------- the exactness check
+def test_nan_and_infinity_equal_only_themselves():
+    from lightning_shifter.compaction.verify import error
+
+    nan, inf = float("nan"), float("inf")
+    reference = [torch.tensor([nan, inf, -inf, 1.0])]
+    assert error(reference, [torch.tensor([nan, inf, -inf, 1.0])]) == (0.0, 1.0)
+    for result in ([0.0, inf, -inf, 1.0], [nan, -inf, -inf, 1.0], [nan, inf, nan, 1.0], [nan, inf, -inf, nan]):
+        assert error(reference, [torch.tensor(result)])[0] == inf, result
+
+
+def test_a_compaction_that_turns_nan_into_numbers_is_refused():
+    # A zero neuron read with a NaN weight: the model outputs NaN (0 * NaN), the neuron's removal
+    # would make the output finite. A max that skips NaN reported this as an error of 0.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight[0] = 0
+        model[0].bias[0] = 0
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(CompactionError, match=r"differs from the original by inf.*outputs NaN or infinity"):
+        compact(model, torch.randn(1, 4))
+
+
+def cancelling_model() -> nn.Module:
+    """Outputs that are 1e4 - 1e4 + O(1): the model's own float32 rounding is ~1e-3, far above the
+    tolerance, and the compacted model (which folds the constant 1e4 away exactly) rounds differently."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight[0] = 0
+        model[0].bias[0] = 1e4  # a constant neuron
+        model[2].weight[:, 0] = 1.0
+        model[2].bias.fill_(-1e4)
+    return model
+
+
+def test_float32_rounding_is_not_taken_for_an_error():
+    model, x = cancelling_model(), torch.randn(4, 8)
+    result = compact(model, x)  # was: "differs from the original by 0.000977 (allowed 1e-05) ... a bug"
+    assert layer(result.report, "0").removed_folded == 1
+    assert result.report.max_abs_error > 1e-5 * 2  # float32 rounding, visible
+    assert result.report.float64_error is not None and result.report.float64_error < 1e-9  # the same function
+    with torch.no_grad():
+        exact64 = model.double()(x.double())
+        ours, theirs = (result.module(x) - exact64).abs().max(), (model.float()(x) - exact64).abs().max()
+    assert ours <= theirs  # nearer the exact value than the model itself
+
+
+def test_an_error_hidden_in_float32_rounding_is_found_in_float64(monkeypatch):
+    real_rewrite = compaction.rewrite
+
+    def slightly_wrong(gm, graph, removal):  # a fold off by 1e-4, below the model's float32 rounding
+        real_rewrite(gm, graph, removal)
+        with torch.no_grad():
+            gm.get_submodule("2").bias.add_(1e-4)
+
+    monkeypatch.setattr(compaction, "rewrite", slightly_wrong)
+    with pytest.raises(CompactionError, match=r"in float64 it differs by 0.0001.*first divergence: module '2'"):
+        compact(cancelling_model(), torch.randn(4, 8))
+
+
+def test_a_forward_that_changes_its_buffers_or_input_leaves_the_caller_untouched():
+    class Stateful(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+            self.register_buffer("calls", torch.zeros(()))
+            self.register_buffer("seen", torch.zeros(4))
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.calls.add_(1)  # a counter
+            self.seen.mul_(0.9).add_(0.1 * x.mean(0))  # a running statistic
+            x.mul_(2)  # an in-place op on the input
+            return self.out(torch.relu(self.fc(x)))
+
+    torch.manual_seed(0)
+    model = Stateful()
+    kill(model.fc, [0, 3])
+    x = torch.randn(3, 4)
+    given, state = x.clone(), {k: v.clone() for k, v in model.state_dict().items()}
+    result = compact(model, x)  # was: the caller's buffers and x changed, and "a bug in compaction"
+    assert torch.equal(x, given)
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    assert result.module.get_submodule("fc").out_features == 4
+    with torch.no_grad():
+        torch.testing.assert_close(result.module(x.clone()), model(x.clone()), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("build, shape", [
     (lambda: Residual(), (1, 3, 6, 6)),
     (lambda: SqueezeExcite(), (1, 3, 5, 5)),

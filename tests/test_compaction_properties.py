@@ -1,12 +1,30 @@
 """Property tests of compact(): random networks mixing residual, depthwise, grouped, dense, SE and MLP
 structures, random sparsity, dead filters and random batch-norm (constant channels included).
 
-Activations here are injective or analytic (leaky ReLU, GELU, SiLU, tanh) so that "identically zero
-on random inputs" means "provably zero", which lets the test check, without trusting the analysis,
-that no zero or unused channel survives where removal is local (its only reader is one layer).
+Activations here are injective or analytic (leaky ReLU, GELU, SiLU, tanh), which lets the test check,
+without trusting the analysis, that no provably zero or unused channel survives where removal is
+local (its only reader is one layer). "Provably zero" means zero whatever the values of the nonzero
+weights and statistics: a channel is zero by structure (zero weights, a masked batch-norm, a zero
+input through an op that maps 0 to 0). The test judges that on a float64 copy of the compacted model
+whose nonzero parameters are drawn afresh (zeros kept) and whose activations, each zero exactly at
+zero, are the identity. Judging on the model's own values is not a proof: GELU and SiLU of a
+negative value round to exactly 0 (GELU(-6) is -6e-9 in float64 and 0 in float32; GELU(-9.5) and
+GELU(-20) are 0 in float64 too), so a channel whose input barely varies, or is always very
+negative, can be zero on every input tried without being zero. Every example that failed the test
+in such a form was such a channel (judged in float32: those of the runs that failed before, and 1
+of 4,500 new examples; in float64: 1 of 1,000; with fresh values but GELU kept: 1 of 200, GELU of
+a fully connected layer's large outputs): a varying depthwise output, a constant and a nearly
+constant bottleneck output read by padded convolutions, and a hidden unit of the head; the analysis
+rightly kept them all.
+
+Examples are reproducible: the network's initial weights come from a drawn seed, not from torch's
+global generator. ``make test`` runs a fixed set of examples (the default profile in
+tests/conftest.py); ``--hypothesis-profile=thorough`` draws 1,000 new ones.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -133,6 +151,15 @@ class Net(nn.Module):
 
 @st.composite
 def networks(draw: st.DrawFn) -> tuple[Net, int]:
+    """A random network and a seed; its initial weights come from that seed too, so an example is
+    reproducible (Hypothesis controls its own draws, not torch's global generator)."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _network(draw), seed
+
+
+def _network(draw: st.DrawFn) -> Net:
     act = lambda: draw(st.sampled_from(sorted(ACTIVATIONS)))  # noqa: E731
     width = lambda: draw(st.sampled_from([4, 6, 8]))  # noqa: E731
     channels, spatial = 4, 6
@@ -162,7 +189,7 @@ def networks(draw: st.DrawFn) -> tuple[Net, int]:
             cout = channels
         channels = cout
     head = Head(channels, spatial, draw(st.sampled_from([5, 8])), 3, draw(st.booleans()), act())
-    return Net(blocks, head), draw(st.integers(0, 2**31 - 1))
+    return Net(blocks, head)
 
 
 def sparsify(model: nn.Module, seed: int) -> None:
@@ -201,6 +228,26 @@ def max_error(a: Tensor, b: Tensor) -> tuple[float, float]:
     return float((a - b).abs().max()), 1e-5 * max(1.0, float(a.abs().max()))
 
 
+def generic(model: nn.Module, seed: int) -> nn.Module:
+    """A float64 copy with the same zeros, fresh values elsewhere, and every activation replaced by
+    the identity (each of them is zero exactly at zero): what is zero there is zero by structure,
+    not by the values, saturation or rounding."""
+    g = torch.Generator().manual_seed(seed)
+    copy_ = copy.deepcopy(model).double()
+    activation_types = tuple({type(make()) for make in ACTIVATIONS.values()})
+    for name, module in list(copy_.named_modules()):
+        if isinstance(module, activation_types):
+            parent, _, child = name.rpartition(".")
+            setattr(copy_.get_submodule(parent), child, nn.Identity())
+    with torch.no_grad():
+        for name, tensor in copy_.state_dict(keep_vars=True).items():
+            if tensor.is_floating_point():
+                fresh = torch.rand(tensor.shape, generator=g, dtype=torch.float64) + 0.5 if name.endswith(
+                    "running_var") else torch.randn(tensor.shape, generator=g, dtype=torch.float64)
+                tensor.copy_(torch.where(tensor != 0, fresh, 0.0))
+    return copy_
+
+
 def activations(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
     """The inputs of the named submodules on a batch."""
     seen: dict[str, Tensor] = {}
@@ -215,13 +262,13 @@ def activations(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tens
     return seen
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # examples: the profile's
 @given(networks())
 def test_random_networks_compact_exactly_and_completely(case: tuple[Net, int]) -> None:
     model, seed = case
     sparsify(model, seed)
     model.eval()
-    example = torch.randn(1, 3, 6, 6)
+    example = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(seed + 1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = compact(model, example)
     compacted, report = result.module, result.report
@@ -242,11 +289,11 @@ def test_random_networks_compact_exactly_and_completely(case: tuple[Net, int]) -
     assert again.removed() == {"zero": 0, "unused": 0, "folded": 0}
     assert again.params_after == again.params_before == report.params_after
 
-    # complete: where a channel feeds a single reader and nothing else, no zero or unused
+    # complete: where a channel feeds a single reader and nothing else, no provably zero or unused
     # channel survives (placeholders, kept so that a layer keeps one channel, aside)
     placeholders = {layer.name for layer in report.layers if layer.placeholders}
     pairs = [(p, r) for p, r in model.internal_pairs() if not {p + ".0", p, r} & placeholders]
-    seen = activations(compacted, [r for _, r in pairs], x)
+    seen = activations(generic(compacted, seed), [r for _, r in pairs], x.double())
     for producer, reader in pairs:
         module = compacted.get_submodule(reader)
         flat = module.weight.reshape(module.weight.shape[0], module.weight.shape[1], -1)

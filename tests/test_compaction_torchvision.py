@@ -63,3 +63,16 @@ def test_torchvision_model_compacts_exactly_and_smaller(name: str, export: bool)
     if export:
         program = torch.export.export(result.module, (example,))
         assert torch.allclose(program.module()(example), result.module(example), atol=1e-6)
+
+
+def test_the_float64_check_handles_a_real_architecture() -> None:
+    # A tolerance below float32's rounding of this network forces the float64 check: the same
+    # removals on a float64 copy of EfficientNet-B0 (squeeze-excitation, SiLU, stochastic depth)
+    # must match the model in float64 to rounding, so the compacted model is accepted.
+    torch.manual_seed(0)
+    model = torchvision.models.efficientnet_b0(num_classes=10).eval()
+    imp_like(model, density=0.05, dead=0.3, seed=1)
+    result = compact(model, torch.randn(1, 3, 64, 64), tolerance=1e-8)
+    assert result.report.max_abs_error > 1e-8  # float32 rounding beyond this tolerance
+    assert result.report.float64_error is not None and result.report.float64_error < 1e-8 * 1e-5
+    assert result.report.params_after < result.report.params_before

@@ -1,15 +1,18 @@
 """The device harness end to end: deploy, bench and switch sessions through adbutils against the
-loopback adb server (tests/fake_adb.py) running the host-built runner, plus the local device."""
+loopback adb server (tests/fake_adb.py): sandboxed x86_64 phones running the host-built runner, an
+arm64 phone running the self-contained arm64 bundle through qemu-user, and the local device."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from fake_adb import FakeAdbServer
 from runner_build import TinyConvNet, build_runner, export_pte, pattern_input
 
 from lightning_shifter.device import (
@@ -28,6 +31,7 @@ from lightning_shifter.device import (
     read_state,
     switch_session,
 )
+from lightning_shifter.cli import main
 from lightning_shifter.device.builds import shared_libraries
 from lightning_shifter.portfolio import Portfolio, Variant
 from lightning_shifter.runtime import Decision, LatencyBudget, ScheduleSignal
@@ -65,8 +69,8 @@ def portfolio(portfolio_template, tmp_path) -> Path:
 
 
 @pytest.fixture
-def phone(server, tmp_path):
-    return server.add_phone("fake-1", tmp_path / "phone")
+def phone(server):
+    return server.add_phone("fake-1")
 
 
 def connect(server, serial="fake-1", **kwargs) -> AdbDevice:
@@ -74,7 +78,7 @@ def connect(server, serial="fake-1", **kwargs) -> AdbDevice:
 
 
 def sandbox_sha256(phone, device_path: str) -> str:
-    return hashlib.sha256(phone.map_path(device_path).read_bytes()).hexdigest()
+    return hashlib.sha256(phone.host_path(device_path).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- deploy
@@ -91,14 +95,14 @@ def test_deploy_pushes_runner_libraries_and_programs_then_skips_matching_files(s
     opened = Portfolio.open(portfolio)
     for variant in opened.variants:
         assert sandbox_sha256(phone, device.path("portfolio", variant.files["fp32"].path)) == variant.files["fp32"].sha256
-    assert not phone.map_path(device.path("portfolio/round-02/model_int8.pte")).exists()  # not asked for
+    assert not phone.host_path(device.path("portfolio/round-02/model_int8.pte")).exists()  # not asked for
 
     pushes = len(phone.pushed)
     again = deploy(device, portfolio, runner=runner_build)
     assert again.pushed == [] and len(again.skipped) == len(deployment.pushed)
     assert len(phone.pushed) == pushes
 
-    phone.map_path(device.path("portfolio/round-01/model.pte")).write_bytes(b"stale")
+    phone.host_path(device.path("portfolio/round-01/model.pte")).write_bytes(b"stale")
     repaired = deploy(device, portfolio, runner=runner_build)
     assert repaired.pushed == ["portfolio/round-01/model.pte"]
 
@@ -151,9 +155,11 @@ def test_full_device_storage_is_reported_before_pushing(server, phone, portfolio
 
 
 def test_wrong_abi_names_the_missing_build_and_how_to_make_it(server, tmp_path, portfolio):
-    server.add_phone("arm-phone", tmp_path / "arm", abi="arm64-v8a")
-    server.add_phone("old-phone", tmp_path / "old", abi="armeabi-v7a")
-    with pytest.raises(DeviceError, match=r"no runner build for ABI arm64-v8a .* `lightning-shifter runner build --target android`"):
+    server.add_phone("arm-phone", abi="arm64-v8a")
+    server.add_phone("old-phone", abi="armeabi-v7a")
+    with pytest.raises(DeviceError, match=r"no runner build for ABI arm64-v8a in .*: build it with `lightning-shifter "
+                                          r"runner build --target android` \(needs ANDROID_NDK .*\) or `lightning-shifter "
+                                          r"runner build --target arm64-bundle` \(needs g\+\+-aarch64-linux-gnu .*no NDK"):
         deploy(connect(server, "arm-phone"), portfolio, build_root=tmp_path / "no-builds")
     with pytest.raises(DeviceError, match="no runner build exists for ABI 'armeabi-v7a'"):
         deploy(connect(server, "old-phone"), portfolio)
@@ -167,19 +173,25 @@ def test_runner_build_lists_only_non_system_libraries(runner_build):
     assert find_runner_build("x86_64").executable == runner_build.executable
 
 
+def test_a_workdir_that_cannot_run_programs_is_explained(server, phone, portfolio, runner_build):
+    device = connect(server, workdir="/sdcard/lightning-shifter")  # storage, mounted noexec as on phones
+    with pytest.raises(DeviceError, match=r"does not start .*exited with status 126.*mounted noexec .*/data/local/tmp"):
+        deploy(device, portfolio, runner=runner_build)
+
+
 # ---------------------------------------------------------------------------------------- errors
 def test_device_selection_errors_say_what_to_do(server, tmp_path, monkeypatch):
     with pytest.raises(DeviceError, match="no device attached: connect a phone with USB debugging"):
         connect(server, None)
-    server.add_phone("locked", tmp_path / "locked", state="unauthorized")
+    server.add_phone("locked", state="unauthorized")
     with pytest.raises(DeviceError, match="unauthorized: unlock it and accept the 'Allow USB debugging'"):
         connect(server, None)
-    server.add_phone("asleep", tmp_path / "asleep", state="offline")
+    server.add_phone("asleep", state="offline")
     with pytest.raises(DeviceError, match="offline: reconnect its cable or run `adb reconnect`"):
         connect(server, "asleep")
-    server.add_phone("one", tmp_path / "one")
+    server.add_phone("one")
     assert connect(server, None).id == "one"
-    server.add_phone("two", tmp_path / "two")
+    server.add_phone("two")
     with pytest.raises(DeviceError, match=r"2 devices attached \(one, two\): pass serial="):
         connect(server, None)
     with pytest.raises(DeviceError, match=r"device gone is not attached \(attached: .*\): reconnect it"):
@@ -192,9 +204,24 @@ def test_missing_adb_and_missing_server_are_explained(tmp_path, monkeypatch):
         with pytest.raises(DeviceError, match=rf"no adb server at 127.0.0.1:{port}: start one with `adb -P {port}"):
             AdbDevice(port=port, start_server=False)
         monkeypatch.setenv("PATH", str(tmp_path))
-        monkeypatch.setenv("ADBUTILS_ADB_PATH", str(tmp_path / "adb"))
-        with pytest.raises(DeviceError, match=r"adb not found .* apt-get install adb"):
+        monkeypatch.setenv("ADBUTILS_ADB_PATH", str(tmp_path / "adb"))  # configured, missing: no other adb
+        with pytest.raises(DeviceError, match=r"ADBUTILS_ADB_PATH .*/adb is not an executable file"):
             AdbDevice(port=port)
+
+
+def test_a_vanished_adb_server_is_an_error_not_a_new_server(tmp_path, monkeypatch):
+    started = tmp_path / "adb-was-started"
+    adb = tmp_path / "adb"
+    adb.write_text(f"#!/bin/sh\ntouch {started}\n")
+    adb.chmod(0o755)
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", str(adb))
+    server = FakeAdbServer()
+    server.add_phone("fake-1")
+    device = connect(server)
+    server.close()
+    with pytest.raises(DeviceError, match="on device fake-1 failed"):
+        device.run(["true"])
+    assert not started.exists()  # adbutils alone would have run `adb start-server` and tried again
 
 
 class socket_port:
@@ -262,7 +289,7 @@ def test_bench_gives_up_keeping_what_was_measured(server, phone, portfolio, runn
 
 
 def test_bench_on_several_devices_at_once(server, tmp_path, portfolio, runner_build):
-    phones = [server.add_phone(f"fake-{i}", tmp_path / f"phone-{i}") for i in range(2)]
+    phones = [server.add_phone(f"fake-{i}") for i in range(2)]
     devices = [connect(server, p.serial) for p in phones]
     results = on_devices(devices, bench, portfolio, runs=5, reloads=1)
     assert set(results) == {"fake-0", "fake-1"}
@@ -270,6 +297,18 @@ def test_bench_on_several_devices_at_once(server, tmp_path, portfolio, runner_bu
     saved = Portfolio.open(portfolio)
     for variant in saved.variants:  # no thread's results overwrote the other's
         assert set(variant.devices) == {"fake-0", "fake-1"}
+
+
+def test_cli_shows_what_was_measured_before_the_device_was_lost(server, phone, portfolio, runner_build, capsys):
+    phone.cut_sessions(after_input_lines=3, times=1000)  # every runner session drops mid-way
+    build_root = runner_build.executable.parent.parent
+    assert main(["device", "bench", str(portfolio), "--adb-port", str(server.port), "--build-root", str(build_root),
+                 "--runs", "5", "--reloads", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "gave up on fake-1" in err and "measured above before the device was lost" in out
+    saved = Portfolio.open(portfolio)
+    measured = [n for n in saved.names if "fake-1" in saved[n].devices]
+    assert measured and all(name in out for name in measured)  # the table shows what the manifest kept
 
 
 # ---------------------------------------------------------------------------------------- sessions
@@ -334,6 +373,94 @@ def test_switch_session_reconnects_after_a_drop(server, phone, portfolio, runner
     # the new connection starts with no program chosen, so the choice is made (and reported) again
     assert [s.name for s in report.switches] == ["round-00", "round-00"]
     assert report.inferences > 20
+
+
+# ---------------------------------------------------------------------------------------- arm64 without an NDK
+@pytest.fixture(scope="session")
+def arm64_builds(tmp_path_factory) -> Path:
+    """A build folder holding only the arm64 bundle (``mobile/build.sh arm64-bundle``), as on a machine
+    without an NDK."""
+    launcher = build_runner("arm64-bundle")
+    root = tmp_path_factory.mktemp("builds")
+    (root / "arm64-bundle").symlink_to(launcher.parent.parent, target_is_directory=True)
+    return root
+
+
+@pytest.mark.slow
+def test_arm64_phone_without_an_ndk_runs_the_bundle_from_deploy_to_report(server, portfolio, arm64_builds, tmp_path,
+                                                                          monkeypatch, capsys):
+    """The README's commands against a stock arm64 phone: sandboxed, aarch64 programs through qemu-user,
+    no aarch64 library but the bundle's, the adb server's port from ANDROID_ADB_SERVER_PORT."""
+    phone = server.add_phone("arm-1", abi="arm64-v8a", model="Pixel Loop")
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(server.port))
+    target = [str(portfolio), "--build-root", str(arm64_builds)]
+    assert main(["device", "deploy", *target, "--precisions", "fp32", "int8"]) == 0
+    workdir = "/data/local/tmp/lightning-shifter"
+    assert phone.host_path(f"{workdir}/bin/shifter_runner").read_text().startswith("#!/system/bin/sh")
+    assert phone.host_path(f"{workdir}/lib/ld-linux-aarch64.so.1").is_file()
+
+    deployment = deploy(AdbDevice("arm-1", start_server=False), portfolio, ("fp32", "int8"), build_root=arm64_builds)
+    assert deployment.pushed == []  # the CLI's deployment is complete: every sha256 matches on the phone
+    with deployment.session() as session:
+        assert session.loaded == ["round-00", "round-01", "round-02"]
+        assert session.ready["isolation"] == "subprocess"  # the trial child started through the bundled loader
+        assert all(v["check_ms"] > 0 for v in session.ready["variants"].values())
+
+    assert main(["device", "bench", *target, "--precisions", "fp32", "int8", "--warmup", "1", "--runs", "10",
+                 "--reloads", "1"]) == 0
+    assert "arm-1: Pixel Loop, arm64-v8a" in capsys.readouterr().out
+    saved = Portfolio.open(portfolio)
+    for variant in saved.variants:
+        measured = variant.devices["arm-1"]
+        assert measured["facts"]["machine"] == "aarch64" and measured["facts"]["memory_mb"] == 7680
+        assert 0 < measured["fp32"]["p50_ms"] <= measured["fp32"]["p90_ms"] and measured["fp32"]["alone_rss_kb"] > 0
+    assert saved["round-02"].devices["arm-1"]["int8"]["p50_ms"] > 0
+    assert saved.extra["devices"]["arm-1"]["fp32"]["dense"] == "round-00"
+
+    log = tmp_path / "session.json"
+    assert main(["device", "switch", *target, "--duration", "3", "--budget", "0:1000,1:0,2:1000",
+                 "--session-out", str(log)]) == 0
+    events = json.loads(log.read_text())["events"]
+    switches = [e for e in events if "switch_us" in e]
+    assert events[0]["variant"] == "round-00" and switches[0]["variant"] != "round-00"  # the budget cut at 1 s
+    assert switches[-1]["variant"] == "round-00" and all(e["switch_us"] >= 0 for e in switches)
+    assert main(["report", str(portfolio), "--out", str(tmp_path / "report"), "--session", str(log)]) == 0
+    page = (tmp_path / "report/index.html").read_text()
+    median = sorted(e["switch_us"] for e in switches)[len(switches) // 2]
+    assert f"{len(switches)} switches, overhead median {median:.1f} us" in page
+
+
+@pytest.mark.slow
+def test_arm64_devices_use_an_ndk_build_where_one_exists_else_the_bundle_built_automatically(tmp_path, monkeypatch):
+    checkout_builds = build_runner("aarch64").parent.parent  # downloads the aarch64 SDK once, beside it
+    monkeypatch.setenv("SHIFTER_DOWNLOAD_DIR", str(checkout_builds.parent))
+    root = tmp_path / "builds"
+    monkeypatch.setenv("SHIFTER_BUILD_DIR", str(root))
+    built: list[str] = []
+    ndk_build = root / "android" / "shifter_runner"  # an arm64 ELF in the NDK build's place
+    ndk_build.parent.mkdir(parents=True)
+    shutil.copy2(checkout_builds / "aarch64" / "shifter_runner", ndk_build)
+    assert find_runner_build("arm64-v8a", progress=built.append).executable == ndk_build
+    assert built == [] and not (root / "arm64-bundle").exists()  # preferred as it is: nothing built
+
+    ndk_build.unlink()
+    bundle = find_runner_build("arm64-v8a", progress=built.append)
+    assert bundle.executable == root / "arm64-bundle" / "bin" / "shifter_runner"
+    assert built == [f"building the native runner (arm64-bundle) into {root / 'arm64-bundle'}: done once, takes a "
+                     "minute or two"]
+    names = {lib.name for lib in bundle.libraries}
+    assert {"ld-linux-aarch64.so.1", "libc.so.6", "libexecutorch.so", "shifter_runner-aarch64"} <= names
+    times = {lib: lib.stat().st_mtime_ns for lib in bundle.libraries}
+    assert find_runner_build("arm64-v8a", progress=built.append) == bundle and len(built) == 1
+    assert {lib: lib.stat().st_mtime_ns for lib in bundle.libraries} == times  # up to date: files kept as they were
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "aarch64").write_text("a file where the aarch64 build folder goes")
+    monkeypatch.setenv("SHIFTER_BUILD_DIR", str(broken))
+    with pytest.raises(DeviceError, match=r"the native runner \(arm64-bundle\) could not be built: .*; alternatively: "
+                                          r"`lightning-shifter runner build --target android` \(needs ANDROID_NDK"):
+        find_runner_build("arm64-v8a", progress=None)
 
 
 # ---------------------------------------------------------------------------------------- local

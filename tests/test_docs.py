@@ -26,13 +26,17 @@ MODULES = [
     "lightning_shifter.device.facts",
     "lightning_shifter.device.harness",
     "lightning_shifter.device.locator",
+    "lightning_shifter.device.runner",
     "lightning_shifter.device.transport",
     "lightning_shifter.export",
     "lightning_shifter.imp",
     "lightning_shifter.masks",
     "lightning_shifter.portfolio",
+    "lightning_shifter.pt2",
     "lightning_shifter.report",
     "lightning_shifter.runtime",
+    "lightning_shifter.schema",
+    "lightning_shifter.trial",
     "lightning_shifter.variants",
 ]
 

@@ -6,6 +6,7 @@ import errno
 import json
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,30 @@ def test_rerun_skips_unchanged_and_reexports_changed(exported_portfolio, tmp_pat
     assert reopened["round-00"].files == Portfolio.open(exported_portfolio[0])["round-00"].files
 
 
+def test_the_advice_for_a_damaged_program_repairs_it(exported_portfolio, tmp_path, digits, capsys):
+    from lightning_shifter.cli import main
+
+    root = copy_of(exported_portfolio[0], tmp_path)
+    pte = root / "round-00" / "model_int8.pte"
+    data = bytearray(pte.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pte.write_bytes(bytes(data))
+    with pytest.raises(PortfolioError, match=r"re-export it \(lightning-shifter export --precisions int8 --force"):
+        Portfolio.open(root)
+    # what the message says to run works (it used to verify every file first, --force or not, and stop)
+    command = ["export", str(root), "--precisions", "int8", "--force", "--no-progress",
+               "--datamodule", "lightning_shifter.demo.DigitsDataModule", "--datamodule-args", '{"batch_size": 64}']
+    assert main(command) == 0, capsys.readouterr().err
+    assert set(Portfolio.open(root, verify=True)["round-00"].files) == {"pt2", "fp32", "int8"}
+    # without --force, a damaged program is exported again too, and said so
+    pte = root / "round-01" / "model.pte"
+    pte.write_bytes(pte.read_bytes()[:-1] + b"\x00")
+    with pytest.warns(UserWarning, match=r"round-01.*does not match its sha256.*exporting it again"):
+        report = export_portfolio(root, ("fp32",), measure=False)
+    assert [(p.name, p.status) for p in report.programs] == [("round-00", "skipped"), ("round-01", "exported")]
+    Portfolio.open(root, verify=True)
+
+
 def test_program_failing_its_check_is_never_listed(exported_portfolio, tmp_path, monkeypatch):
     root = copy_of(exported_portfolio[0], tmp_path)
     real_lower = export_module.lower
@@ -252,18 +277,28 @@ def test_bad_arguments_fail_before_any_work(tmp_path, digits):
     assert set(Portfolio.open(root)["a"].files) == {"pt2"}
 
 
-def test_missing_or_tampered_portfolio(tmp_path):
+def test_missing_portfolio_and_damaged_pt2_files_fail_only_their_variant(tmp_path):
     with pytest.raises(PortfolioError, match="is not a directory"):
         export_portfolio(tmp_path / "nowhere", ("fp32",))
     root = tmp_path / "p"
-    build_portfolio(root, {"a": tiny_net(2)})
-    pt2 = root / "a" / "model.pt2"
+    build_portfolio(root, {"tampered": tiny_net(2), "garbage": tiny_net(2), "fine": tiny_net(3)})
+    pt2 = root / "tampered" / "model.pt2"
     data = bytearray(pt2.read_bytes())
     data[len(data) // 2] ^= 0xFF
     pt2.write_bytes(bytes(data))
-    with pytest.raises(PortfolioError, match="sha256.*tampered"):
-        export_portfolio(root, ("fp32",))
-    assert not (root / "a" / "model.pte").exists()
+    garbage = Portfolio.open(root, verify=False)  # garbage bytes recorded with their own sha256, as a hostile copy would be
+    garbage.put_variant(replace(garbage["garbage"], files={"pt2": garbage.write_file("garbage", "pt2", b"PK\x03\x04" * 50)}))
+    with pytest.warns(UserWarning, match="not exported"):
+        report = export_portfolio(root, ("fp32",), measure=False)
+    outcome = {p.name: (p.status, p.error) for p in report.programs}
+    assert outcome["fine"] == ("exported", None)
+    assert outcome["tampered"][0] == "failed"
+    assert "does not match its sha256" in outcome["tampered"][1] and "recreate the variant" in outcome["tampered"][1]
+    assert outcome["garbage"][0] == "failed" and "cannot load variant 'garbage' model.pt2" in outcome["garbage"][1]
+    after = Portfolio.open(root, verify="size")
+    assert set(after["fine"].files) == {"pt2", "fp32"}
+    assert set(after["tampered"].files) == set(after["garbage"].files) == {"pt2"}
+    assert not (root / "tampered" / "model.pte").exists()
 
 
 def test_full_disk_is_a_clear_error_and_keeps_the_manifest_valid(tmp_path, monkeypatch):

@@ -155,7 +155,7 @@ def test_build_sh_errors_name_the_cause(checkout, tmp_path):
     assert "build.sh: PYTHON=no/such/python is not an executable file" in wrong_python.stderr
 
     usage = build_sh(checkout, "riscv")
-    assert usage.returncode == 1 and "one of: aarch64 android host" in usage.stderr
+    assert usage.returncode == 1 and "one of: aarch64 android arm64-bundle host" in usage.stderr
 
     android = build_sh(checkout, "android", ANDROID_NDK=str(tmp_path / "no-ndk"))
     assert android.returncode == 1 and "set ANDROID_NDK to your NDK" in android.stderr
@@ -258,3 +258,20 @@ def test_wheel_installed_outside_the_repository_builds_the_runner_and_benches_a_
     assert explicit.returncode == 0, explicit.stderr
     assert explicit.stdout.splitlines()[-1] == f"host: {executable}" and "building" not in explicit.stdout
     assert executable.stat().st_mtime_ns == built  # up to date: nothing rebuilt
+
+    # the arm64 bundle (arm64 phones without an NDK) from the installed package, into the cache beside
+    # the host build; the aarch64 SDK the checkout's builds downloaded is reused instead of a download
+    env["SHIFTER_DOWNLOAD_DIR"] = str(REPO / "build")
+    bundled = run(cli, "runner", "build", "--target", "arm64-bundle")
+    assert bundled.returncode == 0, bundled.stdout[-2000:] + bundled.stderr[-4000:]
+    launcher = root / "arm64-bundle" / "bin" / "shifter_runner"
+    assert bundled.stdout.splitlines()[-1] == f"arm64-bundle: {launcher}"
+    assert (root / "arm64-bundle" / "lib" / "ld-linux-aarch64.so.1").is_file()
+    listed = run(cli, "runner", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[1]: line for line in listed.stdout.splitlines() if line.startswith("│ ")}
+    assert "arm64-v8a" in rows["arm64-bundle"] and "not built" not in rows["arm64-bundle"]  # its path (cut short)
+    assert "not built" in rows["android"]
+    chosen = run(str(venv / "bin" / "python"), "-c", "from lightning_shifter.device import find_runner_build; "
+                 "print(find_runner_build('arm64-v8a', progress=None).executable)")
+    assert chosen.returncode == 0 and chosen.stdout.split() == [str(launcher)], chosen.stderr

@@ -65,7 +65,8 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     later = make_variant(
         "round-02", 2, files={"pt2": pt2, "fp32": fp32}, density=0.64, params=40, macs=400,
         metrics={"val_acc_sparse": 0.95, "val_acc_compacted": 0.95}, exactness_error=1e-7,
-        compaction={"params_before": 100, "layers": [{"name": "conv", "removed": 3}]},
+        compaction={"params_before": 100, "layers": [{"name": "conv", "kind": "Conv2d", "channels_before": 8,
+                                                       "channels_after": 5, "removed_zero": 3}]},
         host={"fp32": {"p50_ms": 0.1}}, devices={"pixel": {"fp32": {"p50_ms": 1.0}}},
     )
     p.put_variant(later)
@@ -111,7 +112,10 @@ def test_create_reopens_a_matching_portfolio_and_refuses_another_input(portfolio
 
 @pytest.mark.parametrize(
     ("shape", "dtype", "message"),
-    [((1, 1, 8, 8), "complex64", "unsupported input dtype"), ((), "float32", "non-empty"), ((1, 0), "float32", "positive")],
+    [((1, 1, 8, 8), "complex64", "unsupported input dtype"), ((), "float32", "1 to 8 dimensions"),
+     ((1, 0), "float32", "an integer from 1 to 16777216"), ((1,) * 9, "float32", "1 to 8 dimensions"),
+     ((1, True, 8), "float32", "an integer from 1"), ((1, 2**25), "float32", "an integer from 1 to 16777216"),
+     ((16, 3, 4096, 4096), "float32", "805306368 elements, more than 67108864")],
 )
 def test_create_rejects_bad_input_specs(tmp_path: Path, shape, dtype, message) -> None:
     with pytest.raises(PortfolioError, match=message):
@@ -200,7 +204,7 @@ def test_tampered_file_fails_its_sha256(portfolio: Portfolio) -> None:
     data = bytearray(path.read_bytes())
     data[10] ^= 0xFF  # same size, different content
     path.write_bytes(bytes(data))
-    with pytest.raises(PortfolioError, match=r"model\.pt2 \(variant 'round-00', pt2\) does not match its sha256.*re-export"):
+    with pytest.raises(PortfolioError, match=r"model\.pt2 \(variant 'round-00', pt2\) does not match its sha256.*recreate the variant \(lightning-shifter compact"):
         Portfolio.open(portfolio.root)
     assert Portfolio.open(portfolio.root, verify="size").names == ["round-00"]  # a cheaper check misses it
     with pytest.raises(PortfolioError, match="sha256"):
@@ -275,7 +279,7 @@ def test_invalid_json_is_reported_as_corrupt(portfolio: Portfolio, text: str) ->
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"input": {"shape": [1, -3], "dtype": "float32"}}, "'shape' list of positive integers"),
+        ({"input": {"shape": [1, -3], "dtype": "float32"}}, "every dimension must be an integer from 1"),
         ({"input": {"shape": [1, 8], "dtype": "float128"}}, "unsupported input dtype 'float128'"),
         ({"variants": {"round-00": {}}}, "'variants' must be a list"),
     ],
@@ -297,7 +301,7 @@ def test_a_top_level_array_is_rejected(portfolio: Portfolio) -> None:
     [
         ({"density": 1.5}, r"density: expected a number in \[0, 1\]"),
         ({"density": True}, r"density: expected a number in \[0, 1\]"),
-        ({"round": "3"}, r"round: expected a non-negative integer, got '3'"),
+        ({"round": "3"}, r"round: expected a non-negative integer up to 2147483647, got '3'"),
         ({"params": -5}, r"params: expected a non-negative integer"),
         ({"macs": 1.5}, r"macs: expected a non-negative integer"),
         ({"files": {"onnx": {}}}, r"unknown role\(s\) \['onnx'\]"),

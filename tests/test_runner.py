@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -35,9 +36,9 @@ def portfolio(tmp_path_factory) -> Portfolio:
 class RunnerProcess:
     """A running shifter_runner spoken to line by line."""
 
-    def __init__(self, command: list[str], cwd: Path | None = None) -> None:
+    def __init__(self, command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, env=env
         )
         self.ready = self.read()
 
@@ -225,6 +226,94 @@ def test_overlong_line_is_rejected_and_skipped(runner):
     assert runner.send({"cmd": "stats"})["ok"]
 
 
+def test_a_line_of_exactly_the_limit_may_end_in_a_carriage_return(runner):
+    def request(size: int) -> bytes:  # a valid request of exactly ``size`` bytes
+        frame = b'{"cmd":"stats","id":""}'
+        return frame[:-2] + b"x" * (size - len(frame)) + frame[-2:]
+
+    limit = 1 << 20
+    assert runner.send(request(limit) + b"\r")["ok"] is True  # the README: a trailing \r is ignored
+    assert runner.send(request(limit))["ok"] is True
+    assert "longer than" in runner.send(request(limit + 1))["error"]
+    assert "longer than" in runner.send(request(limit + 1) + b"\r")["error"]
+
+
+def test_nul_bytes_never_end_a_request(runner, tmp_path):
+    answer = runner.send(b'{"cmd":"stats"}\0junk')
+    assert answer["ok"] is False and "holds a NUL byte" in answer["error"]
+    good = tmp_path / "input.bin"
+    good.write_bytes(pattern_input().numpy().astype("<f4").tobytes())
+    answer = runner.send(json.dumps({"cmd": "infer", "input": str(good) + "\u0000.ignored"}))
+    assert answer["ok"] is False and "'input' must not contain a NUL character" in answer["error"]
+    assert runner.send({"cmd": "infer", "input": str(good)})["ok"]
+
+
+def send_within(process: RunnerProcess, request: dict, seconds: float = 30.0) -> dict:
+    """Send a request and read its answer, failing (instead of hanging) if none comes in time."""
+    import select
+
+    process.process.stdin.write(json.dumps(request).encode() + b"\n")
+    process.process.stdin.flush()
+    ready, _, _ = select.select([process.process.stdout], [], [], seconds)
+    assert ready, f"no answer within {seconds} s to {request}: the runner hangs"
+    return process.read()
+
+
+def test_output_path_is_checked_before_anything_is_written(runner_binary, portfolio, tmp_path):
+    directory = Path(shutil.copytree(portfolio.directory, tmp_path / "p"))
+    process = RunnerProcess([str(runner_binary), "--portfolio", str(directory)])
+    protected = {path: path.read_bytes() for path in [directory / "manifest.json", *directory.rglob("*.pte")]}
+    loaded = directory / portfolio.manifest["variants"][0]["files"]["fp32"]["path"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "manifest-link").symlink_to(directory / "manifest.json")
+    os.link(loaded, tmp_path / "program-hardlink")
+    cases = {
+        str(fifo): "FIFO with no reader",
+        "/dev/full": "not a regular file",
+        str(directory / "manifest.json"): "inside the portfolio directory",
+        str(loaded): "inside the portfolio directory",
+        str(directory / "new-file.bin"): "inside the portfolio directory",
+        str(tmp_path / "manifest-link"): "file of the portfolio",
+        str(tmp_path / "program-hardlink"): "file of the portfolio",
+        str(tmp_path / "no-such-folder" / "out.bin"): "does not exist",
+    }
+    try:
+        for path, message in cases.items():
+            answer = send_within(process, {"cmd": "infer", "output_path": path})
+            assert answer["ok"] is False and "cannot write output file" in answer["error"], (path, answer)
+            assert message in answer["error"], (path, answer)
+        assert {path: path.read_bytes() for path in protected} == protected
+        assert not (directory / "new-file.bin").exists()
+        fine = tmp_path / "out.bin"
+        fine.write_bytes(b"longer than the output" * 100)  # replaced, not overwritten in place
+        answer = send_within(process, {"cmd": "infer", "output_path": str(fine)})
+        assert answer["ok"] and np.fromfile(fine, dtype="<f4").size == 10
+    finally:
+        assert process.close() == 0
+
+
+def test_a_manifest_that_is_not_a_regular_file_is_fatal_not_a_crash_or_a_hang(runner_binary, tmp_path):
+    (tmp_path / "dir" / "manifest.json").mkdir(parents=True)
+    assert "is not a regular file" in fatal(runner_binary, "--portfolio", str(tmp_path / "dir"))
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "manifest.json")
+    assert "is not a regular file" in fatal(runner_binary, "--portfolio", str(tmp_path / "fifo"))
+
+
+def test_a_program_that_is_a_fifo_is_rejected_even_unverified(runner_binary, portfolio, tmp_path):
+    directory = Path(shutil.copytree(portfolio.directory, tmp_path / "p"))
+    victim = directory / portfolio.manifest["variants"][1]["files"]["fp32"]["path"]
+    victim.unlink()
+    os.mkfifo(victim)
+    process = RunnerProcess([str(runner_binary), "--portfolio", str(directory), "--verify", "none"])
+    try:
+        [failure] = process.ready["failed"]
+        assert failure["name"] == portfolio.manifest["variants"][1]["name"] and "not a regular file" in failure["error"]
+    finally:
+        assert process.close() == 0
+
+
 FIELD_VALUES = st.one_of(
     st.sampled_from(["switch", "infer", "bench", "bench_reload", "stats", "round-00", "round-02", "quit"]),
     st.integers(-(2**64), 2**64),
@@ -344,7 +433,27 @@ def program_that_aborts_the_runtime(pte: bytes) -> bytes:
     return bytes(serialize_pte_binary(program, extract_delegate_segments=True))
 
 
-def test_program_that_crashes_the_runtime_is_isolated(runner_binary, portfolio, tmp_path):
+def elf_interpreter(binary: Path) -> str:
+    """The dynamic loader an ELF executable names (PT_INTERP)."""
+    data = binary.read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for index in range(phnum):
+        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + index * phentsize)
+        if p_type == 3:  # PT_INTERP
+            return data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
+    raise AssertionError(f"{binary} names no loader")
+
+
+@pytest.mark.parametrize("started", ["directly", "through its loader"])
+def test_program_that_crashes_the_runtime_is_isolated(runner_binary, portfolio, tmp_path, started):
+    from lightning_shifter.device.builds import shared_libraries
+
+    # Through its loader (as the arm64 bundle starts the runner) /proc/self/exe is the loader: the
+    # trial child must be started through it too, with the loader's arguments.
+    command = [str(runner_binary)] if started == "directly" else [
+        elf_interpreter(runner_binary), "--library-path", str(shared_libraries(runner_binary)[0].parent),
+        str(runner_binary)]
     directory = tmp_path / "p"
     shutil.copytree(portfolio.directory, directory)
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -355,9 +464,9 @@ def test_program_that_crashes_the_runtime_is_isolated(runner_binary, portfolio, 
     # The manifest vouches for the damaged bytes, so size and sha256 checks pass.
     victim["files"]["fp32"].update(bytes=len(damaged), sha256=hashlib.sha256(damaged).hexdigest())
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    unprotected = run_once([str(runner_binary), "--portfolio", str(directory), "--isolate", "off"], input="")
+    unprotected = run_once([*command, "--portfolio", str(directory), "--isolate", "off"], input="")
     assert unprotected.returncode < 0 and unprotected.stdout == ""  # what isolation prevents
-    process = RunnerProcess([str(runner_binary), "--portfolio", str(directory)])
+    process = RunnerProcess([*command, "--portfolio", str(directory)])
     try:
         assert process.ready["isolation"] == "subprocess"
         assert [f["name"] for f in process.ready["failed"]] == [victim["name"]]
@@ -394,7 +503,9 @@ def test_unusable_portfolio_or_arguments_end_with_a_fatal_line(runner_binary, po
     (tmp_path / "manifest.json").write_text('{"schema_version": 2}')
     assert "reads only schema_version 1" in fatal(runner_binary, "--portfolio", str(tmp_path))
     (tmp_path / "manifest.json").write_text("{oops")
-    assert "not a JSON object" in fatal(runner_binary, "--portfolio", str(tmp_path))
+    assert "is not valid JSON" in fatal(runner_binary, "--portfolio", str(tmp_path))
+    (tmp_path / "manifest.json").write_text("[1]")
+    assert "is JSON but not an object (it is array)" in fatal(runner_binary, "--portfolio", str(tmp_path))
     manifest = dict(portfolio.manifest, input={"shape": [1, 8], "dtype": "int64"})
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert "float32 inputs only" in fatal(runner_binary, "--portfolio", str(tmp_path))
@@ -487,3 +598,41 @@ def test_aarch64_cross_build_runs_under_qemu(portfolio):
         assert 0 < bench["p50_ms"] <= bench["p99_ms"]
     finally:
         assert process.close() == 0
+
+
+@pytest.mark.slow
+def test_arm64_bundle_serves_a_portfolio_with_nothing_but_its_own_files(portfolio, tmp_path):
+    """The arm64 bundle for phones without an NDK build, under qemu-user with an empty library prefix:
+    only the bundle's loader and libraries can be found."""
+    assert shutil.which("qemu-aarch64"), "qemu-aarch64 is missing: apt-get install -y qemu-user g++-aarch64-linux-gnu"
+    bundle = build_runner("arm64-bundle").parent.parent
+    launcher = (bundle / "bin/shifter_runner").read_text()
+    assert launcher.startswith("#!/system/bin/sh\n") and "--library-path" in launcher
+    libraries = {path.name for path in (bundle / "lib").iterdir()}
+    assert {"ld-linux-aarch64.so.1", "libc.so.6", "libstdc++.so.6", "libexecutorch.so",
+            "shifter_runner-aarch64"} <= libraries
+    empty = tmp_path / "empty-prefix"
+    empty.mkdir()
+    env = {"PATH": os.environ["PATH"], "QEMU_LD_PREFIX": str(empty)}
+    program = bundle / "lib/shifter_runner-aarch64"
+    # the program alone finds no C library: nothing outside the bundle is visible
+    alone = subprocess.run(["qemu-aarch64", str(program), "--version"], env=env, capture_output=True, timeout=60)
+    assert alone.returncode != 0
+    command = ["qemu-aarch64", str(bundle / "lib/ld-linux-aarch64.so.1"), "--library-path", str(bundle / "lib"),
+               str(program)]
+    version = subprocess.run([*command, "--version"], env=env, capture_output=True, timeout=60)
+    assert json.loads(version.stdout)["executorch"].startswith("1.5.1")
+    runner = RunnerProcess([*command, "--portfolio", str(portfolio.directory)], env=env)
+    try:
+        assert runner.ready["loaded"] == list(portfolio.models) and runner.ready["failed"] == []
+        # qemu-user alone cannot exec the aarch64 loader for the trial child (binfmt_misc can: the
+        # arm64 stand-in phone in test_device.py checks "subprocess" there)
+        assert runner.ready["isolation"] in ("subprocess", "unavailable: the child could not execute this program")
+        x = pattern_input()
+        for name in portfolio.models:
+            assert runner.send({"cmd": "switch", "variant": name})["ok"]
+            native = np.asarray(runner.send({"cmd": "infer"})["output"], dtype=np.float32)
+            np.testing.assert_allclose(native, python_executorch(portfolio.pte(name), x).reshape(-1), rtol=0, atol=1e-5)
+        assert runner.send({"cmd": "stats"})["peak_rss_kb"] > 0
+    finally:
+        assert runner.close() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -237,6 +238,73 @@ def test_tampered_or_truncated_program_is_rejected(exported_portfolio, tmp_path)
     pte.write_bytes(bytes(data[:-10]))
     with pytest.raises(PortfolioError, match="has 6[0-9]* bytes|bytes, the manifest says"):
         Switcher(root, verify=False)  # even unverified, sizes are checked
+
+
+PYTHON_PATHS = """
+import json, sys
+from lightning_shifter.cli import main
+from lightning_shifter.portfolio import PortfolioError
+from lightning_shifter.runtime import Switcher, load_method
+root, outcome = sys.argv[1], {}
+for name in ("round-00", "round-01"):
+    try:
+        load_method(f"{root}/{name}/model.pte")
+        outcome[name] = "loaded"
+    except PortfolioError as err:
+        outcome[name] = str(err)
+try:
+    Switcher(root)
+    outcome["switcher"] = "loaded"
+except PortfolioError as err:
+    outcome["switcher"] = str(err)
+outcome["bench"] = main(["bench", root, "--precisions", "fp32", "--runs", "2", "--no-progress"])
+print(json.dumps(outcome))
+"""
+
+
+@pytest.mark.slow  # two fresh Python processes import torch and executorch
+def test_a_program_the_runtime_cannot_parse_is_an_error_never_a_crash(exported_portfolio, tmp_path):
+    from test_runner import program_that_aborts_the_runtime
+
+    root = Path(shutil.copytree(exported_portfolio[0], tmp_path / "copy"))
+    portfolio = Portfolio.open(root)
+    damaged = {  # recorded with their own sha256, as a copied or hand-edited portfolio would be
+        "round-00": program_that_aborts_the_runtime((root / "round-00" / "model.pte").read_bytes()),  # ET_CHECK
+        "round-01": b"\x00\x00\x00\x00\xc3\x28\xff\xfe" * 512,  # its log line is invalid UTF-8: pybind11 aborts
+    }
+    for name, data in damaged.items():
+        portfolio.update_variant(name, files={"fp32": portfolio.write_file(name, "fp32", data)})
+    unprotected = subprocess.run(
+        [sys.executable, "-c", "import sys; from executorch.runtime import Runtime; "
+         "Runtime.get().load_program(sys.argv[1]).load_method('forward')", str(root / "round-01" / "model.pte")],
+        capture_output=True, timeout=300)
+    assert unprotected.returncode == -6  # SIGABRT: what every Python path did before
+    result = subprocess.run([sys.executable, "-c", PYTHON_PATHS, str(root)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "round-00/model.pte cannot be used: the ExecuTorch runtime cannot load it" in outcome["round-00"]
+    assert "round-01/model.pte cannot be used: loading it crashed a trial process (signal 6, SIGABRT" in outcome["round-01"]
+    assert "cannot be used" in outcome["switcher"]
+    assert outcome["bench"] == 1 and "error: the ExecuTorch program" in result.stderr
+
+
+def test_trial_loads_are_done_once_per_file(exported_portfolio, tmp_path):
+    from lightning_shifter import trial
+
+    root = Path(shutil.copytree(exported_portfolio[0], tmp_path / "copy"))
+    calls = []
+    real = trial._run_child
+    trial._run_child = lambda paths, timeout_s: calls.append(len(paths)) or real(paths, timeout_s)
+    try:
+        Switcher(root, runs=2)  # every program in one child
+        Switcher(root, runs=2)  # unchanged files: none
+        pte = root / "round-00" / "model.pte"
+        pte.write_bytes(pte.read_bytes())  # rewritten: tried again
+        Switcher(root, runs=2)
+    finally:
+        trial._run_child = real
+    assert calls == [2, 1]
 
 
 def test_unknown_names_and_bad_input_are_rejected(exported_portfolio):

@@ -4,15 +4,24 @@
 it channel by channel (:mod:`.graph`), decides which channel sets can go without changing the
 function (:mod:`.removal`), slices the copy's parameters (:mod:`.rewrite`) and checks the result
 against the model on the example, on a random input of the same shapes and on ``check_inputs``
-(:mod:`.verify`). A compacted model that differs by more than
-``tolerance * max(1, max|model(x)|)`` is never returned: :class:`CompactionError` names the first
-diverging layer instead.
+(:mod:`.verify`). Outputs must agree within ``tolerance * max(1, max|model(x)|)``, NaN and infinity
+only with themselves at the same places. When float32 rounding alone exceeds that (deep networks
+whose own float32 result differs from float64 by as much), the same removals are applied to a
+float64 copy, which must match the model run in float64 within ``tolerance * 1e-5`` (an exact
+compaction differs there by float64 rounding, ~1e-12), and the float32 difference must stay within
+the model's own float32 rounding. A compacted model that fails is never returned:
+:class:`CompactionError` names the first diverging layer instead.
 
-Speed: the copy is structural (new module objects sharing the input's tensors, which the rewrite
-replaces by sliced copies; whatever is still shared at the end is cloned), the model runs twice
-before and twice after (example and random input; a third time each for ``check_inputs``), and MACs
-are computed from the recorded shapes rather than under a flop counter. :mod:`.original` restates
-the original DNNShifter rule for comparison (``bench/compaction.py`` measures both).
+The input model is never modified: the copy owns its tensors, every run gets its own copy of the
+inputs (a model may change them in place) and starts from the same buffer state, so a forward that
+updates a buffer (a counter, a running statistic) changes neither the caller's model nor the
+comparison, and the result holds the model's state as it was.
+
+Speed: the copy is structural (new module objects, cloned tensors, no deep copy of anything else),
+the model runs twice before and twice after (example and random input; a third time each for
+``check_inputs``), and MACs are computed from the recorded shapes rather than under a flop counter.
+:mod:`.original` restates the original DNNShifter rule for comparison (``bench/compaction.py``
+measures both).
 
 Example:
     >>> import torch
@@ -31,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +61,7 @@ from lightning_shifter.compaction.report import (
     merge_layers,
 )
 from lightning_shifter.compaction.rewrite import rewrite
-from lightning_shifter.compaction.verify import error, first_divergence, leaves, random_like
+from lightning_shifter.compaction.verify import error, first_divergence, leaves, random_like, to_float64
 
 __all__ = [
     "CompactionError", "CompactionReport", "CompactionResult", "LayerReport", "compact", "count_macs",
@@ -59,6 +69,11 @@ __all__ = [
 ]
 
 RANDOM_CHECKS = 1  # random inputs verified besides the example and ``check_inputs``
+# the float64 check allows tolerance * this: float64 rounds 2^29 (5e8) times finer than float32, so an
+# exact compaction stays orders of magnitude below it while any error float32 could see stays above
+FLOAT64_TOLERANCE_RATIO = 1e-5
+# the compacted model's float32 rounding may exceed the tolerance by this many times the model's own
+ROUNDING_FACTOR = 10.0
 
 
 class CompactionError(Exception):
@@ -133,8 +148,8 @@ def materialized_copy(module: nn.Module) -> nn.Module:
     return private
 
 
-def _structural_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
-    """A copy of the module tree that shares the input's tensors (the rewrite only replaces them)."""
+def _structural_copy(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """A copy of the module tree that owns its tensors (tied tensors stay tied) and shares the rest."""
     if id(module) not in memo:
         if _has_derived_tensors(module):
             memo[id(module)] = materialized_copy(module)
@@ -147,30 +162,25 @@ def _structural_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module
                 for key, value in vars(module).items()
             }
             memo[id(module)] = clone
+            for store in (clone._parameters, clone._buffers, clone.__dict__):
+                for name, value in store.items():
+                    if isinstance(value, Tensor):
+                        store[name] = _own_copy(value, memo)
             for name, child in module._modules.items():
                 clone._modules[name] = None if child is None else _structural_copy(child, memo)
     return memo[id(module)]
 
 
+def _own_copy(value: Tensor, memo: dict[int, Any]) -> Tensor:
+    if id(value) not in memo:
+        data = value.detach().clone()
+        memo[id(value)] = nn.Parameter(data, value.requires_grad) if isinstance(value, nn.Parameter) else data
+    return memo[id(value)]
+
+
 def _working_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` to trace and rewrite; it shares the input's tensors."""
+    """An eval-mode copy of ``model`` to trace and rewrite; it owns its tensors."""
     return _structural_copy(model, {}).eval()
-
-
-def _own_tensors(result: nn.Module, model: nn.Module) -> None:
-    """Give ``result`` its own copy of every tensor it still shares with ``model``."""
-    shared = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
-    shared |= {id(v) for m in model.modules() for v in vars(m).values() if isinstance(v, Tensor)}
-    copies: dict[int, Tensor] = {}  # tied tensors stay tied
-    for module in result.modules():
-        for store in (module._parameters, module._buffers, vars(module)):
-            for name, value in store.items():
-                if id(value) in shared and isinstance(value, Tensor):
-                    if id(value) not in copies:
-                        data = value.detach().clone()
-                        is_parameter = isinstance(value, nn.Parameter)
-                        copies[id(value)] = nn.Parameter(data, value.requires_grad) if is_parameter else data
-                    store[name] = copies[id(value)]
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -198,8 +208,30 @@ class _ShapeRecorder(fx.Interpreter):
 def _record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> tuple[dict[fx.Node, Any], Any]:
     """Each node's result shape (or non-tensor value) on the example, and the output."""
     recorder = _ShapeRecorder(gm)
-    output = _run(recorder.run, inputs, "example_inputs")
+    [output] = _runs(gm, [inputs], "example_inputs", recorder.run)
     return recorder.meta, output
+
+
+def _runs(gm: nn.Module, inputs: list[tuple[Tensor, ...]], what: str, fn: Any = None) -> list[Any]:
+    """``gm``'s output on each of ``inputs``: every run on its own copy of the inputs and from the
+    buffer state ``gm`` has now, which is restored at the end."""
+    saved = [(module, dict(module._buffers)) for module in gm.modules() if module._buffers]
+    state = {(id(module), name): value.clone() for module, buffers in saved for name, value in buffers.items()
+             if value is not None}
+    outputs = []
+    try:
+        for x in inputs:
+            outputs.append(_run(fn or gm, tuple(t.clone() for t in x), what))
+            for module, buffers in saved:  # also drops buffers a forward added
+                module._buffers.clear()
+                module._buffers.update({name: None if value is None else state[(id(module), name)].clone()
+                                        for name, value in buffers.items()})
+    finally:
+        for module, buffers in saved:
+            module._buffers.clear()
+            module._buffers.update({name: None if value is None else state[(id(module), name)]
+                                    for name, value in buffers.items()})
+    return outputs
 
 
 def _run(fn: Any, inputs: tuple[Tensor, ...], what: str) -> Any:
@@ -213,6 +245,32 @@ def _run(fn: Any, inputs: tuple[Tensor, ...], what: str) -> Any:
             f"the model fails on {what} ({shapes}): {type(exc).__name__}: {message}. "
             "Pass inputs of the shape and dtype the model expects, e.g. one batch from its dataloader."
         ) from exc
+
+
+def _count_macs(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> int:
+    [macs] = _runs(gm, [inputs], "example_inputs", lambda *x: count_macs(gm, x))
+    return macs
+
+
+def _float64_check(model: nn.Module, passes: list[tuple[ChannelGraph, Removal]], checks: list[tuple[Tensor, ...]],
+                   references: list[list[Tensor]], results: list[list[Tensor]]) -> tuple[float, float, float, float]:
+    """The same removals applied to a float64 copy of ``model``: (max |compacted - model| in float64,
+    its scale, max |model in float32 - model in float64| (the model's own rounding), max |compacted in
+    float32 - model in float64|). Raises CompactionError when the model cannot run in float64."""
+    gm = _trace(_working_copy(model)).double()
+    inputs = [to_float64(x) for x in checks]
+    truth = [leaves(y) for y in _runs(gm, inputs, "the float64 check")]
+    for graph, removal in passes:
+        meta, _ = _record(gm, inputs[0])
+        again = analyse(gm, meta)
+        if again.num_ids != graph.num_ids or len(again.layers) != len(graph.layers):
+            raise CompactionError("the float64 copy traces to another graph")
+        rewrite(gm, again, removal)
+    compacted = [leaves(y) for y in _runs(gm, inputs, "the float64 check after compaction")]
+    err64, scale = max((error(t, c) for t, c in zip(truth, compacted)), key=lambda e: e[0])
+    own_rounding = max(error(t, r)[0] for t, r in zip(truth, references))
+    ours = max(error(t, r)[0] for t, r in zip(truth, results))
+    return err64, scale, own_rounding, ours
 
 
 def compact(
@@ -280,7 +338,7 @@ def compact(
     mark = lap("copy_and_trace", mark)
     params_before = count_params(gm)
     meta, output = _record(gm, inputs)
-    references = [leaves(output)] + [leaves(_run(gm, x, "the verification inputs")) for x in checks[1:]]
+    references = [leaves(output)] + [leaves(y) for y in _runs(gm, checks[1:], "the verification inputs")]
     mark = lap("reference", mark)
 
     # A grouped convolution left with one group is a plain one, whose channels can go one by one:
@@ -291,7 +349,7 @@ def compact(
         if not passes:
             # convolutions and linear layers are the only ops with MACs that the analysis
             # understands; anything else is counted by running the model under a flop counter
-            macs_before = layer_macs(graph, meta) if not graph.unsupported else count_macs(gm, inputs)
+            macs_before = layer_macs(graph, meta) if not graph.unsupported else _count_macs(gm, inputs)
         removal = decide(graph)
         mark = lap("analysis", mark)
         ungrouped = [layer for layer in graph.layers if layer.groups > 1]
@@ -302,20 +360,31 @@ def compact(
             break
         meta, _ = _record(gm, inputs)
 
-    worst = 0.0
-    for x, reference in zip(checks, references):
-        err, scale = error(reference, leaves(_run(gm, x, "the verification inputs after compaction")))
-        worst = max(worst, err)
-        if not err <= tolerance * scale:
+    results = [leaves(y) for y in _runs(gm, checks, "the verification inputs after compaction")]
+    errors = [error(reference, result) for reference, result in zip(references, results)]
+    worst = max(err for err, _ in errors)
+    float64_error = None
+    failed = [(err, scale, x) for (err, scale), x in zip(errors, checks) if not err <= tolerance * scale]
+    if failed:  # rounding or a real difference? the same removals in float64 tell
+        err, scale, x = failed[0]
+        problem = f"the compacted model differs from the original by {err:.3g} (allowed {tolerance * scale:.3g})"
+        try:
+            float64_error, scale64, own_rounding, ours = _float64_check(model, passes, checks, references, results)
+        except CompactionError as exc:
+            float64_error, scale64, ours, own_rounding = math.inf, 1.0, math.inf, 0.0
+            detail = f"it cannot run in float64 to tell rounding from error: {exc}"
+        else:
+            detail = (f"in float64 it differs by {float64_error:.3g} (allowed {tolerance * FLOAT64_TOLERANCE_RATIO * scale64:.3g}), "
+                      f"its float32 rounding is {ours:.3g} against the original's own {own_rounding:.3g}")
+        if not (float64_error <= tolerance * FLOAT64_TOLERANCE_RATIO * scale64
+                and ours <= tolerance * scale + ROUNDING_FACTOR * own_rounding):
             where = first_divergence(_trace(_working_copy(model)), gm, passes, x, tolerance)
-            raise CompactionError(
-                f"the compacted model differs from the original by {err:.3g} "
-                f"(allowed {tolerance * scale:.3g}); first divergence: {where}. This is a bug in "
-                "compaction for this architecture: please report it with the model definition."
-            )
+            cause = ("This is a bug in compaction for this architecture: please report it with the model definition."
+                     if all(bool(torch.isfinite(t).all()) for ref in references for t in ref if t.is_floating_point())
+                     else "The original model outputs NaN or infinity: check its weights and inputs.")
+            raise CompactionError(f"{problem}; {detail}; first divergence: {where}. {cause}")
     mark = lap("verify", mark)
-    macs_after = layer_macs(graph, meta) if not graph.unsupported else count_macs(gm, inputs)
-    _own_tensors(gm, model)
+    macs_after = layer_macs(graph, meta) if not graph.unsupported else _count_macs(gm, inputs)
     report = CompactionReport(
         layers=merge_layers([layer_reports(g, r) for g, r in passes]),
         params_before=params_before,
@@ -327,6 +396,7 @@ def compact(
         unsupported=passes[0][0].unsupported,
         iterations=sum(r.iterations for _, r in passes),
         timings=timings,
+        float64_error=float64_error,
     )
     lap("report", mark)
     report.seconds = time.perf_counter() - started

@@ -45,6 +45,9 @@ class CompactionReport:
     unsupported: list[str]
     iterations: int  # rounds of the fixed point, over every pass
     timings: dict[str, float] = field(default_factory=dict)
+    # max |compacted - model| with both run in float64, when float32 rounding alone exceeded the
+    # tolerance and the removals were checked in float64 (None: float32 was enough)
+    float64_error: float | None = None
 
     # totals count output channels of convolutions and linear layers (filters and neurons);
     # batch-norm rows repeat the channels of the layer before them
@@ -91,6 +94,7 @@ class CompactionReport:
             "seconds": self.seconds,
             "timings": dict(self.timings),
             "max_abs_error": self.max_abs_error,
+            "float64_error": self.float64_error,
             "iterations": self.iterations,
             "unsupported": list(self.unsupported),
             "layers": [asdict(layer) for layer in self.layers],

@@ -31,8 +31,17 @@ def leaves(output: Any) -> list[Tensor]:
     return [t for t in tree_flatten(output)[0] if isinstance(t, Tensor)]
 
 
+def to_float64(inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Floating-point inputs in float64, the others as they are."""
+    return tuple(x.double() if x.is_floating_point() else x for x in inputs)
+
+
 def error(reference: list[Tensor], result: list[Tensor]) -> tuple[float, float]:
-    """(max |result - reference|, the allowed error ``tolerance`` multiplies)."""
+    """(max |result - reference|, the allowed error ``tolerance`` multiplies).
+
+    A NaN or an infinity equals only itself at the same position: anywhere else the error is
+    infinite. The scale is ``max(1, max |reference|)`` over the finite values.
+    """
     if len(reference) != len(result) or any(a.shape != b.shape for a, b in zip(reference, result)):
         return float("inf"), 1.0
     worst, scale = 0.0, 1.0
@@ -40,8 +49,13 @@ def error(reference: list[Tensor], result: list[Tensor]) -> tuple[float, float]:
         if a.numel() == 0:
             continue
         a64, b64 = a.detach().double(), b.detach().double()
-        worst = max(worst, float((a64 - b64).abs().max()))
-        scale = max(scale, float(a64.abs().max()))
+        finite = torch.isfinite(a64)
+        same_special = (a64 == b64) | (torch.isnan(a64) & torch.isnan(b64))
+        if not bool((finite | same_special).all()) or not bool(torch.isfinite(b64[finite]).all()):
+            return float("inf"), scale
+        if bool(finite.any()):
+            worst = max(worst, float((a64[finite] - b64[finite]).abs().max()))
+            scale = max(scale, float(a64[finite].abs().max()))
     return worst, scale
 
 
@@ -66,9 +80,9 @@ def first_divergence(
 ) -> str:
     """Name of the first node whose surviving channels differ beyond ``tolerance``."""
     before, after = _Recorder(original), _Recorder(compacted)
-    with torch.no_grad():
-        before.run(*inputs)
-        after.run(*inputs)
+    with torch.no_grad():  # each on its own copy of the inputs: a model may change them in place
+        before.run(*(x.clone() for x in inputs))
+        after.run(*(x.clone() for x in inputs))
     for node in compacted.graph.nodes:
         a, b = before.results.get(node.name), after.results.get(node.name)
         if a is None or b is None:

@@ -34,6 +34,7 @@ from lightning_shifter.device.transport import (
     DeviceError,
     LocalDevice,
     adb_client,
+    adb_server_port,
     find_adb,
     list_devices,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "SwitchReport",
     "VariantBench",
     "adb_client",
+    "adb_server_port",
     "bench",
     "build_runner",
     "collect_facts",

@@ -2,11 +2,13 @@
 
 A device asks for a build by ABI (:data:`~lightning_shifter.device.locator.RUNNER_TARGETS` says which
 targets serve which ABI): ``x86_64`` runs the Linux host build (this machine, or the loopback test
-phone), ``arm64-v8a`` the Android build. Builds live where
+phone), ``arm64-v8a`` the Android NDK build where one was made, else the self-contained arm64 bundle
+(``arm64-bundle``: no NDK needed, built on first need). Builds live where
 :mod:`~lightning_shifter.device.locator` puts them (``build/mobile/<target>/`` of a checkout, a
-per-user cache for an installed package). The libraries to push with it are found from the binary
-itself: its ``DT_NEEDED`` entries resolved (transitively) in its ``RUNPATH``; anything not found there
-is a system library the device already has (libc, libm, libc++ ...).
+per-user cache for an installed package). The libraries to push with a binary are found from the
+binary itself: its ``DT_NEEDED`` entries resolved (transitively) in its ``RUNPATH``; anything not found
+there is a system library the device already has (libc, libm, libc++ ...). A bundle brings every
+library it loads in its ``lib/`` folder.
 
 Example::
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning_shifter.device import locator
-from lightning_shifter.device.locator import RUNNER_NAME, RUNNER_TARGETS, targets_for_abi
+from lightning_shifter.device.locator import RUNNER_NAME, RUNNER_TARGETS, RunnerTarget, targets_for_abi
 from lightning_shifter.device.transport import DeviceError
 
 
@@ -45,16 +47,36 @@ class RunnerBuild:
                               "`lightning-shifter runner build`")
         return cls(abi, executable, tuple(shared_libraries(executable)))
 
+    @classmethod
+    def from_bundle(cls, abi: str, folder: str | os.PathLike) -> RunnerBuild:
+        """A bundle (``mobile/build.sh arm64-bundle``): the launcher ``bin/shifter_runner`` and everything
+        in ``lib/`` (the loader, the C and C++ runtimes, ExecuTorch and the runner itself)."""
+        folder = Path(folder).resolve()
+        launcher, libraries = folder / "bin" / RUNNER_NAME, sorted((folder / "lib").glob("*"))
+        if not launcher.is_file() or not any(lib.name.startswith("ld-linux") for lib in libraries):
+            raise DeviceError(f"{folder} is not a complete runner bundle: build it again with "
+                              "`lightning-shifter runner build --target arm64-bundle`")
+        return cls(abi, launcher, tuple(lib for lib in libraries if lib.is_file()))
+
+    @classmethod
+    def from_target(cls, abi: str, target: RunnerTarget, executable: str | os.PathLike) -> RunnerBuild:
+        """The build of ``target`` whose executable is ``executable`` (a bundle's launcher, or a binary)."""
+        if target.bundle:
+            return cls.from_bundle(abi, Path(executable).parent.parent)
+        return cls.from_executable(abi, executable)
+
 
 def find_runner_build(abi: str, build_root: str | os.PathLike | None = None, *,
                       progress: Callable[[str], None] | None = locator.print_progress) -> RunnerBuild:
     """The runner build for a device ABI, built or brought up to date when lightning-shifter can.
 
-    Without ``build_root``, a target that is built automatically (``host``) is built on first need
-    (announced through ``progress``) and brought up to date afterwards (well under a second when nothing
-    changed); other targets (``android``) are used when they were built by hand. With ``build_root``,
-    only the builds already there are used, as they are. A missing build raises a
-    :class:`~lightning_shifter.device.DeviceError` saying how to make it.
+    The ABI's targets are tried in :data:`~lightning_shifter.device.locator.RUNNER_TARGETS`' order.
+    Without ``build_root``, a target built by hand (``android``) is used when its build exists, and the
+    first target that is built automatically (``host``; ``arm64-bundle`` for an arm64 device without an
+    NDK build) is built on first need (announced through ``progress``) and brought up to date afterwards
+    (well under a second when nothing changed). With ``build_root``, only the builds already there are
+    used, as they are. A missing build raises a :class:`~lightning_shifter.device.DeviceError` saying
+    how to make it.
 
     Example::
 
@@ -72,7 +94,11 @@ def find_runner_build(abi: str, build_root: str | os.PathLike | None = None, *,
             ...
         lightning_shifter.device.transport.DeviceError: no runner build for ABI arm64-v8a in no-builds-here:
         build it with `lightning-shifter runner build --target android` (needs ANDROID_NDK and
-        EXECUTORCH_ANDROID, see mobile/android/README.md)
+        EXECUTORCH_ANDROID, see mobile/android/README.md) or `lightning-shifter runner build --target
+        arm64-bundle` (needs g++-aarch64-linux-gnu and nlohmann-json3-dev, no NDK; downloads the aarch64
+        executorch wheel once)
+        >>> find_runner_build("arm64-v8a").executable.parent.parent.name  # no NDK build here  # doctest: +SKIP
+        'arm64-bundle'
     """
     targets = targets_for_abi(abi)
     if not targets:
@@ -82,11 +108,21 @@ def find_runner_build(abi: str, build_root: str | os.PathLike | None = None, *,
     root = Path(build_root) if build_root is not None else locator.default_build_root()
     for target in targets:
         if build_root is None and target.automatic:
-            return RunnerBuild.from_executable(abi, locator.build_runner(target.name, progress=progress))
-        if (root / target.name / RUNNER_NAME).is_file():
-            return RunnerBuild.from_executable(abi, root / target.name / RUNNER_NAME)
-    how = " or ".join(f"`lightning-shifter runner build --target {t.name}` (needs {t.needs})" for t in targets)
-    raise DeviceError(f"no runner build for ABI {abi} in {root}: build it with {how}")
+            try:
+                executable = locator.build_runner(target.name, progress=progress)
+            except DeviceError as err:
+                others = [t for t in targets if t is not target]
+                if not others:
+                    raise
+                raise DeviceError(f"{err}; alternatively: {_how_to_build(others)}") from None
+            return RunnerBuild.from_target(abi, target, executable)
+        if target.executable(root).is_file():
+            return RunnerBuild.from_target(abi, target, target.executable(root))
+    raise DeviceError(f"no runner build for ABI {abi} in {root}: build it with {_how_to_build(targets)}")
+
+
+def _how_to_build(targets: list[RunnerTarget]) -> str:
+    return " or ".join(f"`lightning-shifter runner build --target {t.name}` (needs {t.needs})" for t in targets)
 
 
 def shared_libraries(executable: str | os.PathLike) -> list[Path]:

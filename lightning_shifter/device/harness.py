@@ -1,8 +1,9 @@
 """Deploy a portfolio to devices, benchmark it there, and run switching sessions.
 
-* :func:`deploy` pushes the runner built for the device's ABI, its shared libraries, a manifest and
-  the variants' programs into the device's work directory, skipping files whose sha256 already
-  matches there, and verifies every file's sha256 on the device.
+* :func:`deploy` pushes the runner built for the device's ABI (for an arm64 phone without an NDK
+  build, the self-contained arm64 bundle), its shared libraries, a manifest and the variants'
+  programs into the device's work directory, skipping files whose sha256 already matches there,
+  verifies every file's sha256 on the device, and checks that the runner starts there.
 * :func:`bench` measures, per variant, load time, first inference, latency percentiles, peak memory,
   and the switching overhead (a preloaded switch vs loading the variant from storage), plus the
   memory of the whole portfolio vs one dense model, and device facts collected once; each variant's
@@ -42,7 +43,7 @@ from typing import Any
 
 from lightning_shifter.device.builds import RunnerBuild, find_runner_build
 from lightning_shifter.device.facts import collect_facts
-from lightning_shifter.device.runner import RunnerSession
+from lightning_shifter.device.runner import RunnerSession, check_request_value
 from lightning_shifter.device.transport import Device, DeviceError, wait_for
 from lightning_shifter.portfolio import MANIFEST_NAME, Portfolio, PortfolioError, sha256_file
 
@@ -126,7 +127,10 @@ def deploy(device: Device, portfolio: Portfolio | str | os.PathLike, precisions:
         device: the target.
         portfolio: a portfolio directory or an open :class:`~lightning_shifter.portfolio.Portfolio`.
         precisions: which programs to push (``"fp32"``, ``"int8"``).
-        runner: the build to push (default: the one for the device's ABI under ``build_root``).
+        runner: the build to push (default: :func:`~lightning_shifter.device.find_runner_build` for the
+            device's ABI: the builds in ``build_root`` as they are, or without it the package's own,
+            built on first need where the ABI has an automatic target).
+        build_root: a folder of runner builds to use as they are (see ``runner``).
         retries: how often a dropped connection or a corrupted file is retried before giving up.
 
     Example (the lines that push need a runner built with ``mobile/build.sh``)::
@@ -173,6 +177,7 @@ def deploy(device: Device, portfolio: Portfolio | str | os.PathLike, precisions:
                             device.path("portfolio"), precisions, available, files=files)
     _push_verified(device, files, deployment, retries, retry_delay_s)
     deployment.skipped = [f.remote for f in files if f.remote not in deployment.pushed]
+    _check_runner_starts(deployment)
     log.info("deployed %s to %s: %d files pushed (%.1f MB), %d already there", portfolio.root, device.id,
              len(deployment.pushed), deployment.bytes_pushed / 1e6, len(deployment.skipped))
     return deployment
@@ -220,6 +225,26 @@ def _push_verified(device: Device, plan: list[_File], deployment: Deployment, re
 
 class _StorageFull(DeviceError):
     pass
+
+
+def _check_runner_starts(deployment: Deployment) -> None:
+    """Start the deployed runner once (``--version``), so that a device that cannot execute it fails
+    here with the reason rather than later in a session."""
+    device = deployment.device
+    result = device.run([deployment.executable, "--version"], env={"LD_LIBRARY_PATH": deployment.library_dir})
+    if result.returncode == 0 and '"runner"' in result.stdout:
+        return
+    detail = (result.stderr or result.stdout).strip()[-400:] or "(no output)"
+    if result.returncode == 126:  # found but not executable: a noexec mount, or a lost execute bit
+        remedy = (f"{device.workdir} is on a file system mounted noexec (on Android: /sdcard and /storage) or "
+                  "the files lost their execute permission; use a work folder under /data/local/tmp")
+    elif result.returncode == 127:
+        remedy = (f"a file it needs is missing on the device, or the build is not for {device.abi}: deploy again, "
+                  "and check the build (mobile/build.sh)")
+    else:
+        remedy = "see the error above; mobile/README.md lists what the runner needs"
+    raise DeviceError(f"the runner deployed to {device.id} does not start (`{deployment.executable} --version` "
+                      f"exited with status {result.returncode}: {detail}): {remedy}")
 
 
 def _push(device: Device, item: _File) -> None:
@@ -327,7 +352,9 @@ def bench(device: Device, portfolio: Portfolio | str | os.PathLike, precisions: 
 
     With ``record`` each variant's results go into the manifest as soon as they are measured:
     ``variant.devices[device.id] = {"facts": ..., "<precision>": {...}}``; the portfolio-wide
-    memory figures go to the manifest's top-level ``devices[device.id]``.
+    memory figures go to the manifest's top-level ``devices[device.id]``. ``warmup``, ``runs`` and
+    ``reloads`` are checked against the runner's limits
+    (:data:`~lightning_shifter.device.runner.REQUEST_LIMITS`) before anything is deployed.
 
     Example (the lines that measure need a runner built with ``mobile/build.sh``)::
 
@@ -343,6 +370,8 @@ def bench(device: Device, portfolio: Portfolio | str | os.PathLike, precisions: 
         0.042
         >>> rich.print(result.table())  # doctest: +SKIP
     """
+    for name, value in (("warmup", warmup), ("runs", runs), ("reloads", reloads)):
+        check_request_value(name, value)
     portfolio = _open(portfolio)
     deployment = deployment or deploy(device, portfolio, precisions, retries=retries, retry_delay_s=retry_delay_s)
     result = DeviceBench(device.id, collect_facts(device))
@@ -566,6 +595,7 @@ def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, pol
         [('round-00', 0), ('round-04', 2)]
         >>> rich.print(report.table())  # doctest: +SKIP
     """
+    check_request_value("infer_n", infer_n)
     portfolio = _open(portfolio)
     precisions = tuple(precisions)
     signals = list(signals)

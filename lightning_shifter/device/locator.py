@@ -13,7 +13,8 @@ One answer whether ``lightning_shifter`` runs from a source checkout or from an 
   runner's sources and of the ExecuTorch install it links to, so different package versions or venvs
   never share a build folder. Downloaded SDKs (the aarch64 ExecuTorch wheel) sit beside, per version;
 - **targets** (:data:`RUNNER_TARGETS`): what ``mobile/build.sh <target>`` can build and which device ABI
-  each serves. A new target is a ``target_<name>`` function in ``build.sh`` and one entry here.
+  each serves. A new target is a ``target_<name>`` function in ``build.sh`` (``-`` in the name spelled
+  ``_``) and one entry here.
 
 :func:`build_runner` runs ``build.sh`` (incremental: well under a second when nothing changed).
 
@@ -23,7 +24,7 @@ Example::
     >>> (runner_sources() / "build.sh").is_file()
     True
     >>> sorted(RUNNER_TARGETS)
-    ['aarch64', 'android', 'host']
+    ['aarch64', 'android', 'arm64-bundle', 'host']
 """
 
 from __future__ import annotations
@@ -46,30 +47,44 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # the lightning_shifter folder
 
 @dataclass(frozen=True)
 class RunnerTarget:
-    """One build of the runner: ``build.sh <name>`` makes ``<build root>/<name>/shifter_runner``.
+    """One build of the runner: ``build.sh <name>`` makes ``<build root>/<name>/shifter_runner`` (a bundle:
+    ``<build root>/<name>/bin/shifter_runner``).
 
     Attributes:
         name: the ``build.sh`` target and the build folder's name.
         abi: the device ABI (as Android names it) the build runs on; ``None`` when the device harness
             does not deploy it directly.
         automatic: whether lightning-shifter builds it by itself on first need (everything it needs
-            comes with the package and the system packages); otherwise it is built on request only.
+            comes with the package, the system packages and pip); otherwise it is built on request only.
         needs: what the build needs beyond the venv, shown when it is missing.
+        bundle: whether the build is self-contained: a launcher ``bin/shifter_runner`` and, in ``lib/``,
+            every file it loads (the dynamic loader included); otherwise the executable's libraries are
+            found from its ``RUNPATH``.
 
     Example::
 
         >>> from lightning_shifter.device.locator import RUNNER_TARGETS
         >>> RUNNER_TARGETS["android"].abi, RUNNER_TARGETS["android"].automatic
         ('arm64-v8a', False)
+        >>> RUNNER_TARGETS["arm64-bundle"].executable("/builds").as_posix()
+        '/builds/arm64-bundle/bin/shifter_runner'
     """
 
     name: str
     abi: str | None
     automatic: bool
     needs: str
+    bundle: bool = False
+
+    def executable(self, build_root: str | os.PathLike) -> Path:
+        """Where this target's executable is in the build root ``build_root``."""
+        folder = Path(build_root) / self.name
+        return folder / "bin" / RUNNER_NAME if self.bundle else folder / RUNNER_NAME
 
 
-#: Every target of ``mobile/build.sh``, by name; for one ABI, earlier entries are preferred.
+#: Every target of ``mobile/build.sh``, by name; for one ABI, earlier entries are preferred: a device
+#: uses the first one built, else the first automatic one is built for it. An arm64 phone runs the NDK
+#: build (``android``) where one was made by hand, else the self-contained ``arm64-bundle``.
 RUNNER_TARGETS: dict[str, RunnerTarget] = {target.name: target for target in (
     RunnerTarget("host", "x86_64", True, "a C++17 compiler (g++) and nlohmann-json3-dev"),
     RunnerTarget("aarch64", None, False,
@@ -77,6 +92,9 @@ RUNNER_TARGETS: dict[str, RunnerTarget] = {target.name: target for target in (
                  "aarch64 executorch wheel once"),
     RunnerTarget("android", "arm64-v8a", False,
                  "ANDROID_NDK and EXECUTORCH_ANDROID, see mobile/android/README.md"),
+    RunnerTarget("arm64-bundle", "arm64-v8a", True,
+                 "g++-aarch64-linux-gnu and nlohmann-json3-dev, no NDK; downloads the aarch64 executorch wheel "
+                 "once", bundle=True),
 )}
 
 
@@ -195,14 +213,15 @@ def build_runner(target: str = "host", *, build_root: str | os.PathLike | None =
         >>> build_runner("riscv")
         Traceback (most recent call last):
             ...
-        lightning_shifter.device.transport.DeviceError: unknown runner target 'riscv': one of aarch64, android, host
+        lightning_shifter.device.transport.DeviceError: unknown runner target 'riscv': one of aarch64, android,
+        arm64-bundle, host
     """
     if target not in RUNNER_TARGETS:
         raise DeviceError(f"unknown runner target {target!r}: one of {', '.join(sorted(RUNNER_TARGETS))}")
     script = runner_sources() / "build.sh"
     root = Path(build_root).absolute() if build_root is not None else default_build_root()
     build_dir = root / target
-    if progress is not None and not (build_dir / RUNNER_NAME).is_file():
+    if progress is not None and not RUNNER_TARGETS[target].executable(root).is_file():
         progress(f"building the native runner ({target}) into {build_dir}: done once, takes a minute or two")
     try:
         result = subprocess.run(["bash", str(script), target], capture_output=True, text=True, timeout=timeout_s,
@@ -217,7 +236,7 @@ def build_runner(target: str = "host", *, build_root: str | os.PathLike | None =
         raise DeviceError(f"the native runner ({target}) could not be built: {build_failure(result.stderr)} "
                           f"(whole log: {log})")
     lines = result.stdout.strip().splitlines()
-    executable = Path(lines[-1]) if lines else build_dir / RUNNER_NAME
+    executable = Path(lines[-1]) if lines else RUNNER_TARGETS[target].executable(root)
     if not executable.is_file():
         raise DeviceError(f"{script} {target} succeeded but printed {executable}, which does not exist (log: {log})")
     return executable

@@ -27,6 +27,28 @@ from lightning_shifter.device.transport import Channel, Device, DeviceError
 
 
 _INFO_LINE = re.compile(r"^I \d\d:\d\d:\d\d")
+# Bounds the runner puts on request fields (mobile/src/protocol.cpp), so that callers can refuse a
+# value before deploying instead of having the device refuse it
+REQUEST_LIMITS = {"warmup": (0, 100_000), "runs": (1, 100_000), "reloads": (1, 1_000), "infer_n": (1, 100_000)}
+
+
+def check_request_value(name: str, value: int) -> int:
+    """``value`` if the runner accepts it for ``name`` (a key of :data:`REQUEST_LIMITS`), else ValueError.
+
+    Example::
+
+        >>> from lightning_shifter.device.runner import check_request_value
+        >>> check_request_value("runs", 50)
+        50
+        >>> check_request_value("runs", 150_000)
+        Traceback (most recent call last):
+            ...
+        ValueError: runs must be an integer from 1 to 100000 (the runner's limit), got 150000
+    """
+    low, high = REQUEST_LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high} (the runner's limit), got {value!r}")
+    return value
 
 
 class RunnerError(RuntimeError):

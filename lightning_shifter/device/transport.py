@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import adbutils
+from adbutils._adb import AdbConnection
 
 ADB_WORKDIR = "/data/local/tmp/lightning-shifter"
+DEFAULT_ADB_PORT = 5037
 # ABI names as Android reports them (``ro.product.cpu.abi``), for this machine's architecture
 _HOST_ABIS = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}
 # What a broken cable, a killed adb server or an unplugged phone raises inside adbutils
@@ -205,33 +207,97 @@ def find_adb(adb_path: str | None = None) -> str:
     """The adb executable: the one configured (``adb_path``, else ``$ADBUTILS_ADB_PATH``) and only it;
     else ``adb`` on PATH, else the one adbutils ships.
 
+    A configured executable that is missing is an error, never a reason to use another adb (silently
+    starting another one would hide the mistake).
+
     Example::
 
         >>> from lightning_shifter.device import find_adb
         >>> find_adb("/nowhere/adb")
         Traceback (most recent call last):
             ...
-        lightning_shifter.device.transport.DeviceError: adb not found (looked for /nowhere/adb): install the
-        Android platform tools (Debian: apt-get install adb) or set ADBUTILS_ADB_PATH to the adb executable
+        lightning_shifter.device.transport.DeviceError: adb_path /nowhere/adb is not an executable file:
+        point it at the adb of the Android platform tools (Debian: apt-get install adb; `command -v adb`)
         >>> find_adb()  # doctest: +SKIP
         '/usr/bin/adb'
     """
-    configured = adb_path or os.environ.get("ADBUTILS_ADB_PATH")
-    # a configured adb is the only candidate: silently starting another one would hide the mistake
-    candidates = [configured] if configured else [shutil.which("adb"),
-                                                  str(Path(adbutils.__file__).parent / "binaries" / "adb")]
+    configured = [(adb_path, "adb_path"), (os.environ.get("ADBUTILS_ADB_PATH"), "ADBUTILS_ADB_PATH")]
+    for candidate, source in configured:
+        if candidate:
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+            raise DeviceError(
+                f"{source} {candidate} is not an executable file: point it at the adb of the Android platform "
+                "tools (Debian: apt-get install adb; `command -v adb`)"
+            )
+    candidates = [shutil.which("adb"), str(Path(adbutils.__file__).parent / "binaries" / "adb")]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise DeviceError(
-        f"adb not found (looked for {', '.join(str(c) for c in candidates if c) or 'adb on PATH'}): install the "
-        "Android platform tools (Debian: apt-get install adb) or set ADBUTILS_ADB_PATH to the adb executable"
+        "adb not found (looked for adb on PATH and in adbutils): install the Android platform tools "
+        "(Debian: apt-get install adb) or set ADBUTILS_ADB_PATH to the adb executable"
     )
 
 
-def adb_client(host: str = "127.0.0.1", port: int = 5037, start_server: bool = True,
+def adb_server_port() -> int:
+    """The adb server's port as the ``adb`` command finds it: ``$ANDROID_ADB_SERVER_PORT``, else 5037.
+
+    Example::
+
+        >>> import os
+        >>> from unittest import mock
+        >>> from lightning_shifter.device import adb_server_port
+        >>> with mock.patch.dict(os.environ, {"ANDROID_ADB_SERVER_PORT": "5038"}):
+        ...     adb_server_port()
+        5038
+        >>> with mock.patch.dict(os.environ, {"ANDROID_ADB_SERVER_PORT": "50 37"}):
+        ...     adb_server_port()
+        Traceback (most recent call last):
+            ...
+        lightning_shifter.device.transport.DeviceError: ANDROID_ADB_SERVER_PORT must be a TCP port (1 to 65535),
+        got '50 37': fix or unset it
+        >>> with mock.patch.dict(os.environ, {"ANDROID_ADB_SERVER_PORT": ""}):
+        ...     adb_server_port()
+        5037
+    """
+    text = os.environ.get("ANDROID_ADB_SERVER_PORT", "").strip()
+    if not text:
+        return DEFAULT_ADB_PORT
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise DeviceError(f"ANDROID_ADB_SERVER_PORT must be a TCP port (1 to 65535), got {text!r}: fix or unset it")
+    return int(text)
+
+
+class _ServerConnection(AdbConnection):
+    """adbutils' connection to the adb server, except that a server that is not there is an error:
+    adbutils would run whatever ``adb start-server`` it finds (on the default port) and try again."""
+
+    def _safe_connect(self) -> socket.socket:
+        return self._create_socket()
+
+
+class _AdbClient(adbutils.AdbClient):
+    """An adbutils client that never starts an adb server by itself (see :func:`adb_client`)."""
+
+    def __init__(self, host: str, port: int, socket_timeout: float | None) -> None:
+        super().__init__(host=host, port=port, socket_timeout=socket_timeout)
+        self._timeout = socket_timeout
+
+    def make_connection(self, timeout: float | None = None) -> AdbConnection:
+        connection = _ServerConnection(self.host, self.port)
+        timeout = timeout or self._timeout
+        if timeout:
+            connection.conn.settimeout(timeout)
+        return connection
+
+
+def adb_client(host: str = "127.0.0.1", port: int | None = None, start_server: bool = True,
                adb_path: str | None = None, timeout: float = 10.0) -> adbutils.AdbClient:
     """An adbutils client for the adb server at ``host:port``, starting a local server if none runs.
+
+    ``port`` defaults to :func:`adb_server_port` (``$ANDROID_ADB_SERVER_PORT`` or 5037). The server is
+    started here, with :func:`find_adb`'s adb, or not at all: a server that goes away later is an error.
 
     Example::
 
@@ -245,6 +311,7 @@ def adb_client(host: str = "127.0.0.1", port: int = 5037, start_server: bool = T
         >>> list_devices(client)  # doctest: +SKIP
         [('R5CT21ABCDE', 'device')]
     """
+    port = adb_server_port() if port is None else port
     if not _listening(host, port):
         if not start_server or host not in ("127.0.0.1", "localhost"):
             raise DeviceError(
@@ -259,7 +326,7 @@ def adb_client(host: str = "127.0.0.1", port: int = 5037, start_server: bool = T
             raise DeviceError(f"could not start the adb server with {executable}: {err}") from None
         if not _listening(host, port):
             raise DeviceError(f"{executable} start-server returned but nothing listens on {host}:{port}")
-    return adbutils.AdbClient(host=host, port=port, socket_timeout=timeout)
+    return _AdbClient(host=host, port=port, socket_timeout=timeout)
 
 
 def list_devices(client: adbutils.AdbClient) -> list[tuple[str, str]]:
@@ -301,7 +368,8 @@ class AdbDevice(Device):
 
     Args:
         serial: which device; optional when exactly one is attached.
-        host, port: the adb server (default: the local one, started if it is not running).
+        host, port: the adb server (default: the local one at ``$ANDROID_ADB_SERVER_PORT`` or 5037,
+            started if it is not running).
         workdir: device folder for the runner, its libraries and the portfolio.
         adb_path: the adb executable used to start a server (default: found on PATH).
         timeout: socket timeout in seconds for each adb request.
@@ -318,7 +386,7 @@ class AdbDevice(Device):
         AdbDevice('emulator-5554')
     """
 
-    def __init__(self, serial: str | None = None, host: str = "127.0.0.1", port: int = 5037,
+    def __init__(self, serial: str | None = None, host: str = "127.0.0.1", port: int | None = None,
                  workdir: str = ADB_WORKDIR, adb_path: str | None = None, timeout: float = 30.0,
                  start_server: bool = True) -> None:
         if not posixpath.isabs(workdir):
@@ -346,11 +414,11 @@ class AdbDevice(Device):
         self._abi: str | None = None
 
     @classmethod
-    def all(cls, host: str = "127.0.0.1", port: int = 5037, **kwargs: Any) -> list[AdbDevice]:
+    def all(cls, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> list[AdbDevice]:
         """Every attached device in state 'device' (unauthorized or offline ones are skipped)."""
         client = adb_client(host, port, start_server=kwargs.pop("start_server", True),
                             adb_path=kwargs.get("adb_path"))
-        return [cls(serial, host=host, port=port, **kwargs) for serial, state in list_devices(client)
+        return [cls(serial, host=host, port=client.port, start_server=False, **kwargs) for serial, state in list_devices(client)
                 if state == "device"]
 
     def check_ready(self) -> None:

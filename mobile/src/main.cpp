@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "isolated_check.h"
 #include "manifest.h"
 #include "protocol.h"
 #include "runner.h"
@@ -131,19 +132,22 @@ Options parse_options(int argc, char** argv) {
   return options;
 }
 
-// Reads one line of at most kMaxLineBytes (the rest of a longer line is discarded and
-// `too_long` set). Returns false at end of input.
-bool read_line(std::FILE* in, std::string& line, bool& too_long) {
+// Reads one line of at most kMaxLineBytes, not counting a trailing '\r' (the rest of a longer
+// line is discarded and `too_long` set; `has_nul` is set when it holds a NUL byte). Returns false
+// at end of input.
+bool read_line(std::FILE* in, std::string& line, bool& too_long, bool& has_nul) {
   line.clear();
-  too_long = false;
+  too_long = has_nul = false;
   bool any = false;
   for (int c; (c = std::getc(in)) != EOF;) {
     any = true;
     if (c == '\n') break;
-    if (line.size() < kMaxLineBytes) line.push_back(char(c));
+    has_nul = has_nul || c == '\0';
+    if (line.size() <= kMaxLineBytes) line.push_back(char(c));  // one more byte: it may be the '\r'
     else too_long = true;
   }
-  if (!line.empty() && line.back() == '\r') line.pop_back();
+  if (!too_long && !line.empty() && line.back() == '\r') line.pop_back();
+  too_long = too_long || line.size() > kMaxLineBytes;
   return any;
 }
 
@@ -162,12 +166,18 @@ json success_line(const Request& request, json fields) {
 
 int serve(Runner& runner) {
   std::string line;
-  bool too_long;
-  while (read_line(stdin, line, too_long)) {
+  bool too_long, has_nul;
+  while (read_line(stdin, line, too_long, has_nul)) {
     if (too_long) {
       emit(error_line(nullptr, nullptr,
                       "request line longer than " + std::to_string(kMaxLineBytes) +
                           " bytes; send one short JSON object per line"));
+      continue;
+    }
+    if (has_nul) {  // JSON text never holds a raw NUL: whatever follows it is not part of a request
+      emit(error_line(nullptr, nullptr,
+                      "request line holds a NUL byte; send one JSON object per line, e.g. "
+                      "{\"cmd\":\"stats\"}"));
       continue;
     }
     Request request;
@@ -211,10 +221,9 @@ int bench_once(Runner& runner, const Options& options) {
   return runner.failed().empty() && !runner.empty() ? 0 : 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
+  remember_argument_count(argc);
   const Options options = parse_options(argc, argv);
   if (!options.sha256_files.empty()) {
     for (const std::string& path : options.sha256_files) {
@@ -249,4 +258,16 @@ int main(int argc, char** argv) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   emit(runner.ready_event(startup_ms));
   return options.bench ? bench_once(runner, options) : serve(runner);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Anything not handled where it happens (a bad_alloc, an I/O exception) still ends with the
+  // promised fatal line and exit code instead of std::terminate.
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    fatal(std::string("internal error: ") + e.what());
+  }
 }

@@ -1,10 +1,13 @@
 #include "manifest.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#include <fstream>
+#include <cerrno>
+#include <cstring>
 #include <set>
 #include <sstream>
 
@@ -18,6 +21,48 @@ namespace {
 using nlohmann::json;
 
 constexpr int kSchemaVersion = 1;
+constexpr off_t kMaxManifestBytes = off_t(64) << 20;
+constexpr int64_t kMaxInputElements = int64_t(1) << 26;
+
+// The whole of a manifest that must be a regular file of bounded size. Opening never blocks: a
+// FIFO is refused rather than waited on, a directory is refused rather than read.
+std::string read_manifest_file(const std::string& path, const std::string& dir) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) {
+      throw ManifestError("no manifest.json in '" + dir +
+                          "'; pass the directory written by the portfolio export");
+    }
+    throw ManifestError("cannot open '" + path + "': " + std::strerror(errno));
+  }
+  struct stat info;
+  std::string text;
+  std::string problem;
+  if (fstat(fd, &info) != 0) {
+    problem = std::string("cannot stat it: ") + std::strerror(errno);
+  } else if (!S_ISREG(info.st_mode)) {
+    problem = "is not a regular file";
+  } else if (info.st_size > kMaxManifestBytes) {
+    problem = "is larger than " + std::to_string(kMaxManifestBytes) + " bytes";
+  } else {
+    text.resize(size_t(info.st_size));
+    size_t done = 0;
+    while (done < text.size()) {
+      const ssize_t got = read(fd, text.data() + done, text.size() - done);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        problem = got < 0 ? std::string("cannot be read: ") + std::strerror(errno) : "shrank while being read";
+        break;
+      }
+      done += size_t(got);
+    }
+  }
+  close(fd);
+  if (!problem.empty()) {
+    throw ManifestError("'" + path + "' " + problem + "; pass the directory written by the portfolio export");
+  }
+  return text;
+}
 
 std::string real_path(const std::string& path) {
   char resolved[PATH_MAX];
@@ -139,14 +184,16 @@ Manifest read_manifest(const std::string& dir, const std::string& precision) {
     throw ManifestError("portfolio directory '" + dir + "' does not exist");
   }
   const std::string manifest_path = root + "/manifest.json";
-  std::ifstream stream(manifest_path);
-  if (!stream) {
-    throw ManifestError("no manifest.json in '" + dir +
-                        "'; pass the directory written by the portfolio export");
+  json document;
+  try {
+    document = json::parse(read_manifest_file(manifest_path, dir));
+  } catch (const json::exception& e) {
+    throw ManifestError("'" + manifest_path + "' is not valid JSON (" + e.what() +
+                        "); the file is corrupt: re-export the portfolio");
   }
-  json document = json::parse(stream, nullptr, /*allow_exceptions=*/false);
-  if (document.is_discarded() || !document.is_object()) {
-    throw ManifestError("'" + manifest_path + "' is not a JSON object; re-export the portfolio");
+  if (!document.is_object()) {
+    throw ManifestError("'" + manifest_path + "' is JSON but not an object (it is " +
+                        document.type_name() + "); re-export the portfolio");
   }
   if (!document.contains("schema_version") || document["schema_version"] != kSchemaVersion) {
     throw ManifestError("'" + manifest_path + "' has schema_version " +
@@ -168,8 +215,8 @@ Manifest read_manifest(const std::string& dir, const std::string& precision) {
                           "; every dimension must be an integer from 1 to 16777216");
     }
     numel *= dim.get<int64_t>();
-    if (numel > (int64_t(1) << 30)) {
-      throw ManifestError("'" + manifest_path + "': input.shape has more than 2^30 elements");
+    if (numel > kMaxInputElements) {
+      throw ManifestError("'" + manifest_path + "': input.shape has more than 2^26 elements");
     }
     manifest.input_shape.push_back(static_cast<int32_t>(dim.get<int64_t>()));
   }
@@ -194,12 +241,16 @@ Manifest read_manifest(const std::string& dir, const std::string& precision) {
 }
 
 void verify_variant_file(VariantFile& variant, Verify level) {
-  if (level == Verify::None || !variant.error.empty()) {
+  if (!variant.error.empty()) {
     return;
   }
+  // Even unverified, a program must be a regular file: loading a FIFO would block for ever.
   struct stat info;
   if (stat(variant.path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) {
     variant.error = "variant '" + variant.name + "': '" + variant.path + "' is not a regular file";
+    return;
+  }
+  if (level == Verify::None) {
     return;
   }
   if (uint64_t(info.st_size) != variant.bytes) {

@@ -36,8 +36,8 @@ enum class Verify { Sha256, Size, None };
 // recorded in its `error` so that the others can still be served.
 Manifest read_manifest(const std::string& dir, const std::string& precision);
 
-// Checks that the file exists with the listed size and, for Verify::Sha256, digest. Sets
-// `variant.error` on a mismatch.
+// Checks that the file is a regular file (at every level) with the listed size (Size, Sha256) and
+// digest (Sha256). Sets `variant.error` on a mismatch.
 void verify_variant_file(VariantFile& variant, Verify level);
 
 // True for names matching [A-Za-z0-9][A-Za-z0-9._-]{0,63}.

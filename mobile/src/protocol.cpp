@@ -111,6 +111,9 @@ Request parse_request(const std::string& line) {
       if (!value.is_string() || value.get<std::string>().empty()) {
         throw ProtocolError(request.cmd, request.id, "'" + key + "' must be a non-empty string");
       }
+      if (value.get<std::string>().find('\0') != std::string::npos) {  // a path would be cut there
+        throw ProtocolError(request.cmd, request.id, "'" + key + "' must not contain a NUL character");
+      }
       request.*(text->second) = value.get<std::string>();
     } else {
       throw ProtocolError(request.cmd, request.id,

@@ -1,12 +1,17 @@
 #include "runner.h"
 
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <numeric>
 
 #include "isolated_check.h"
@@ -37,6 +42,19 @@ double percentile(const std::vector<double>& sorted, double p) {
   return sorted[std::max<size_t>(rank, 1) - 1];
 }
 
+std::string real_path(const std::string& path) {
+  char resolved[PATH_MAX];
+  return realpath(path.c_str(), resolved) == nullptr ? std::string() : std::string(resolved);
+}
+
+// Closes the descriptor on every path out of a scope.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() {
+    if (fd >= 0) close(fd);
+  }
+};
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -62,6 +80,16 @@ Runner::Runner(std::string portfolio_dir, Manifest manifest, RunnerOptions optio
   input_.resize(numel);
   fill_pattern(input_);
   isolation_ = options_.isolate ? "subprocess" : "off";
+  portfolio_root_ = real_path(portfolio_dir_);
+  struct stat info;
+  if (stat((portfolio_root_ + "/manifest.json").c_str(), &info) == 0) {
+    protected_files_.insert({uint64_t(info.st_dev), uint64_t(info.st_ino)});
+  }
+  for (const VariantFile& file : manifest_.variants) {
+    if (!file.path.empty() && stat(file.path.c_str(), &info) == 0) {
+      protected_files_.insert({uint64_t(info.st_dev), uint64_t(info.st_ino)});
+    }
+  }
   input_tensor_ = executorch::extension::from_blob(
       input_.data(), {manifest_.input_shape.begin(), manifest_.input_shape.end()});
 
@@ -258,36 +286,11 @@ json Runner::infer(const Request& request) {
   if (request.input.empty()) {
     fill_pattern(input_);
   } else {
-    struct stat info;
-    if (stat(request.input.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) {
-      throw CommandError("cannot open input file '" + request.input + "': not a regular file");
-    }
-    std::ifstream file(request.input, std::ios::binary);
-    if (!file) {
-      throw CommandError("cannot open input file '" + request.input + "'");
-    }
-    const auto size = static_cast<uint64_t>(info.st_size);
-    const uint64_t expected = input_.size() * sizeof(float);
-    if (size != expected) {
-      throw CommandError("input file '" + request.input + "' has " + std::to_string(size) +
-                         " bytes but the model input float32 " +
-                         shape_text({manifest_.input_shape.begin(), manifest_.input_shape.end()}) +
-                         " needs " + std::to_string(expected) +
-                         " bytes (raw little-endian float32, C order)");
-    }
-    file.read(reinterpret_cast<char*>(input_.data()), std::streamsize(expected));
-    if (!file) {
-      throw CommandError("cannot read input file '" + request.input + "'");
-    }
+    read_input(request.input);
   }
   std::vector<double> latencies = run(variant, request.n);
   if (!request.output_path.empty()) {
-    std::ofstream out(request.output_path, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(last_output_.data()),
-              std::streamsize(last_output_.size() * sizeof(float)));
-    if (!out) {
-      throw CommandError("cannot write output file '" + request.output_path + "'");
-    }
+    write_output(request.output_path);
   }
   for (double& latency : latencies) latency = rounded(latency);
   const size_t shown = std::min(last_output_.size(), size_t(request.max_output));
@@ -298,6 +301,88 @@ json Runner::infer(const Request& request) {
           {"output_shape", last_output_shape_},
           {"output", std::vector<float>(last_output_.begin(), last_output_.begin() + shown)},
           {"argmax", best == last_output_.end() ? -1 : best - last_output_.begin()}};
+}
+
+void Runner::read_input(const std::string& path) {
+  // Non-blocking: a FIFO with no writer is refused by the type check instead of hanging here.
+  FileDescriptor file{open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC)};
+  if (file.fd < 0) {
+    throw CommandError("cannot open input file '" + path + "': " + std::strerror(errno));
+  }
+  struct stat info;
+  if (fstat(file.fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    throw CommandError("cannot open input file '" + path + "': not a regular file");
+  }
+  const auto size = static_cast<uint64_t>(info.st_size);
+  const uint64_t expected = input_.size() * sizeof(float);
+  if (size != expected) {
+    throw CommandError("input file '" + path + "' has " + std::to_string(size) +
+                       " bytes but the model input float32 " +
+                       shape_text({manifest_.input_shape.begin(), manifest_.input_shape.end()}) +
+                       " needs " + std::to_string(expected) +
+                       " bytes (raw little-endian float32, C order)");
+  }
+  char* data = reinterpret_cast<char*>(input_.data());
+  for (uint64_t done = 0; done < expected;) {
+    const ssize_t got = read(file.fd, data + done, expected - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      throw CommandError("cannot read input file '" + path + "': " +
+                         (got < 0 ? std::strerror(errno) : "it shrank while being read"));
+    }
+    done += uint64_t(got);
+  }
+}
+
+void Runner::write_output(const std::string& path) {
+  const std::string what = "cannot write output file '" + path + "': ";
+  // Checked before anything is created or truncated: a regular file outside the portfolio.
+  const size_t slash = path.rfind('/');
+  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (name.empty() || name == "." || name == "..") {
+    throw CommandError(what + "it does not name a file");
+  }
+  const std::string resolved = real_path(folder);
+  if (resolved.empty()) {
+    throw CommandError(what + "its folder '" + folder + "' does not exist");
+  }
+  if (resolved == portfolio_root_ || resolved.compare(0, portfolio_root_.size() + 1, portfolio_root_ + "/") == 0) {
+    throw CommandError(what + "it is inside the portfolio directory '" + portfolio_root_ +
+                       "'; write outputs elsewhere");
+  }
+  // Non-blocking: a FIFO with no reader fails (ENXIO) instead of hanging the runner.
+  FileDescriptor file{open(path.c_str(), O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0666)};
+  if (file.fd < 0) {
+    throw CommandError(what + (errno == ENXIO ? std::string("it is a FIFO with no reader")
+                                              : std::string(std::strerror(errno))));
+  }
+  struct stat info;
+  if (fstat(file.fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    throw CommandError(what + "not a regular file (output_path must name a regular file, created if "
+                       "missing)");
+  }
+  if (protected_files_.count({uint64_t(info.st_dev), uint64_t(info.st_ino)})) {
+    throw CommandError(what + "it is a file of the portfolio (through a link); write outputs elsewhere");
+  }
+  if (ftruncate(file.fd, 0) != 0) {
+    throw CommandError(what + std::strerror(errno));
+  }
+  const char* data = reinterpret_cast<const char*>(last_output_.data());
+  const size_t size = last_output_.size() * sizeof(float);
+  for (size_t done = 0; done < size;) {
+    const ssize_t wrote = write(file.fd, data + done, size - done);
+    if (wrote < 0 && errno == EINTR) continue;
+    if (wrote < 0) {
+      throw CommandError(what + std::strerror(errno));
+    }
+    done += size_t(wrote);
+  }
+  const int fd = file.fd;
+  file.fd = -1;
+  if (close(fd) != 0) {  // a deferred write error (NFS, quota) surfaces here
+    throw CommandError(what + std::strerror(errno));
+  }
 }
 
 json Runner::bench(const Request& request) {

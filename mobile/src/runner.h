@@ -3,6 +3,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -68,6 +69,11 @@ class Runner {
   std::vector<double> run(LoadedVariant& variant, int64_t runs);
   double first_inference_ms(LoadedVariant& variant);
 
+  // infer's files: a regular input file of exactly the input's size; a regular output file outside
+  // the portfolio (never the manifest or a program, whatever links lead there), written in full.
+  void read_input(const std::string& path);
+  void write_output(const std::string& path);
+
   nlohmann::json do_switch(const Request& request);
   nlohmann::json infer(const Request& request);
   nlohmann::json bench(const Request& request);
@@ -75,6 +81,8 @@ class Runner {
   nlohmann::json stats() const;
 
   std::string portfolio_dir_;
+  std::string portfolio_root_;  // portfolio_dir_ with links resolved
+  std::set<std::pair<uint64_t, uint64_t>> protected_files_;  // (device, inode) of manifest and programs
   Manifest manifest_;
   RunnerOptions options_;
   std::vector<float> input_;
