@@ -351,11 +351,12 @@ def _switching_table(summaries: dict[str, dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="Switching under a latency budget that drops and rises")
-    for column in ("session", "inferences", "switches", "switch us (median)", "switch us (max)",
+    for column in ("session", "inferences", "within budget", "switches", "switch us (median)", "switch us (max)",
                    "load from storage ms", "switch vs load"):
         table.add_column(column, justify="left" if column == "session" else "right")
     for title, s in summaries.items():
-        table.add_row(title, str(s["inferences"]), str(s["switches"]),
+        table.add_row(title, str(s["inferences"]),
+                      f"{100 * s['within_budget']:.0f}%" if "within_budget" in s else "", str(s["switches"]),
                       f"{s['switch_us_median']:.2f}" if "switch_us_median" in s else "",
                       f"{s['switch_us_max']:.2f}" if "switch_us_max" in s else "",
                       f"{s['load_ms_median']:.2f}" if "load_ms_median" in s else "",

@@ -432,6 +432,7 @@ def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float
     for signal in switcher.signals:
         if hasattr(signal, "start"):
             signal.start()  # schedules count from the start of the session
+    switcher.select(**switcher.conditions())  # the initial choice, before the first timed inference
     example = torch.randn(switcher.portfolio.input_shape, generator=torch.Generator().manual_seed(0))
     events: list[dict[str, Any]] = []
     start = time.monotonic()
@@ -468,10 +469,14 @@ def device_session_events(report: SwitchReport) -> list[dict[str, Any]]:
 
 
 def switching_summary(events: Sequence[dict[str, Any]], load_ms: Sequence[float], inferences: int) -> dict[str, Any]:
-    """Switch count and overheads of a session, against loading a program from storage (``load_ms``)."""
+    """Switch count and overheads of a session, against loading a program from storage (``load_ms``),
+    and the share of timed inferences that met the budget of their moment (``within_budget``)."""
     overheads = sorted(float(e["switch_us"]) for e in events if e.get("switch_us") is not None)
     summary: dict[str, Any] = {"inferences": inferences, "switches": len(overheads),
                                "programs": sorted({f"{e['variant']}/{e.get('precision', 'fp32')}" for e in events})}
+    timed = [e for e in events if e.get("latency_ms") is not None and e.get("budget_ms") is not None]
+    if timed:
+        summary["within_budget"] = sum(e["latency_ms"] <= e["budget_ms"] for e in timed) / len(timed)
     if overheads:
         summary.update(switch_us_median=statistics.median(overheads), switch_us_max=overheads[-1])
     if load_ms:

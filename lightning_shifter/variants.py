@@ -210,8 +210,8 @@ def add_variant(
             variant.metrics = {**{k: v for k, v in previous.metrics.items() if k in _PROGRAM_METRICS}, **measured}
         else:
             def write() -> dict[str, FileEntry]:
-                portfolio.remove_stale_temporaries()  # of writers killed before
                 return {"pt2": portfolio.write_file(name, "pt2", data)}
+    portfolio.remove_stale_temporaries()  # of writers killed before
     # a listed variant of this name is unlisted before its files are overwritten: a crash in between
     # leaves it missing (and redone on resume), never listed with a file that fails its sha256
     portfolio.admit(variant, keep, write)

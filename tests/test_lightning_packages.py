@@ -92,7 +92,7 @@ def test_a_fit_is_interrupted_and_resumed(pl, tmp_path):
                 raise RuntimeError("the machine went down")
 
     def callbacks(*extra):
-        return [imp(), Compaction(tmp_path / "portfolio", example_input_shape=(1, 16)), *extra,
+        return [imp(), Compaction(tmp_path / "portfolio", example_input_shape=(1, 16), keep="all"), *extra,
                 pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)]
 
     first = callbacks(Crash())
@@ -152,7 +152,7 @@ def test_callbacks_pass_alone_or_in_a_list_and_export(pl, tmp_path):
     trainer(pl, tmp_path, pruning, max_epochs=2, logger=False).fit(LitMLP(), datamodule=Clusters())
     assert [r.round for r in pruning.records] == [0, 1]
 
-    callbacks = [imp(rounds=1), Compaction(tmp_path / "portfolio", example_input_shape=(1, 16)),
+    callbacks = [imp(rounds=1), Compaction(tmp_path / "portfolio", example_input_shape=(1, 16), keep="all"),
                  ExecuTorchExport(precisions=("fp32",), runs=2)]
     trainer(pl, tmp_path, callbacks, max_epochs=2, logger=False).fit(LitMLP(), datamodule=Clusters())
     portfolio = Portfolio.open(tmp_path / "portfolio")
