@@ -186,7 +186,7 @@ def _tradeoff_figure(portfolio: Portfolio) -> Any:
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)  # the dense model often sits at the lower right
     if scatter is not None:
         fig.colorbar(scatter, ax=axes.tolist(), label="density (nonzero weights)", shrink=0.6, aspect=40)
     fig.suptitle("Each point is a variant, labelled by its pruning round", fontsize=10)
