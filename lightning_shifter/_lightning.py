@@ -18,6 +18,8 @@ from types import ModuleType
 import lightning.pytorch
 import lightning_utilities.core.rank_zero
 
+from lightning_shifter.errors import ShifterError
+
 
 def _packages() -> tuple[ModuleType, ...]:
     # Importing pytorch_lightning points the rank-zero logging both packages share (lightning_utilities)
@@ -47,8 +49,9 @@ class Callback(*classes("callbacks.Callback")):  # type: ignore[misc]
     """A Lightning ``Callback`` of both packages (the hooks are the same; none is overridden here)."""
 
 
-class MisconfigurationException(*classes("utilities.exceptions.MisconfigurationException")):  # type: ignore[misc]
-    """A configuration error: caught by ``except MisconfigurationException`` of either package."""
+class MisconfigurationException(*classes("utilities.exceptions.MisconfigurationException"), ShifterError):  # type: ignore[misc]
+    """A configuration error: caught by ``except MisconfigurationException`` of either package (and as a
+    :class:`~lightning_shifter.errors.ShifterError`)."""
 
 
 def package_of(obj: object) -> str:

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning_shifter import __version__
+from lightning_shifter.errors import ShifterError
 
 PRECISIONS = ("fp32", "int8")
 
 
-class CommandError(Exception):
+class CommandError(ShifterError):
     """A failure the user can fix: printed as ``error: <message>``, exit code 1."""
 
 
@@ -186,6 +187,17 @@ def _add_datamodule_args(parser: argparse.ArgumentParser, purpose: str) -> None:
                         help="its constructor arguments as a JSON object (default: {})")
 
 
+@contextmanager
+def _lightning_errors() -> Iterator[None]:
+    """Lightning's configuration errors (of either package) as a :class:`CommandError`: they explain themselves."""
+    from lightning_shifter._lightning import classes
+
+    try:
+        yield
+    except classes("utilities.exceptions.MisconfigurationException") as err:
+        raise CommandError(str(err)) from None
+
+
 # ---------------------------------------------------------------------------------------- demo
 def _run_demo(args: argparse.Namespace) -> int:
     import torch
@@ -212,10 +224,11 @@ def _run_demo(args: argparse.Namespace) -> int:
                 runner_problem = str(err)
                 console.print(f"[yellow]native runner skipped:[/yellow] {err}")
 
-    records, original = demo.run_demo(
-        out, model=args.model, width=args.width, image_size=args.image_size, rounds=args.rounds,
-        final_density=args.final_density, epochs_per_round=args.epochs_per_round, rewind_step=args.rewind_step,
-        alpha=args.alpha, keep=args.keep, seed=args.seed, progress_bar=not args.no_progress)
+    with _lightning_errors():
+        records, original = demo.run_demo(
+            out, model=args.model, width=args.width, image_size=args.image_size, rounds=args.rounds,
+            final_density=args.final_density, epochs_per_round=args.epochs_per_round, rewind_step=args.rewind_step,
+            alpha=args.alpha, keep=args.keep, seed=args.seed, progress_bar=not args.no_progress)
     training_s = time.perf_counter() - started
     portfolio_dir = out / "portfolio"
     datamodule = demo.DigitsDataModule(seed=args.seed, image_size=args.image_size)
@@ -439,12 +452,13 @@ def _run_fit(args: argparse.Namespace) -> int:
     from lightning.pytorch.cli import LightningCLI
 
     # LightningCLI (jsonargparse) gives --config, --print_config, --help and exit code 2 on bad usage
-    with warnings.catch_warnings():  # it warns that sys.argv is set too: it holds our own arguments
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                           args=args.lightning_args, run=False, save_config_kwargs={"overwrite": True},
-                           parser_kwargs={"prog": "lightning-shifter fit"})
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    with _lightning_errors():
+        with warnings.catch_warnings():  # it warns that sys.argv is set too: it holds our own arguments
+            warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+            cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
+                               subclass_mode_data=True, args=args.lightning_args, run=False,
+                               save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "lightning-shifter fit"})
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return 0
 
 
@@ -987,32 +1001,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
+    except ShifterError as err:  # explains itself (what went wrong, what to do): one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
-
-
-# module -> exceptions of it that explain themselves (checked only once the module is imported)
-_USER_ERRORS = {
-    "lightning.fabric.utilities.exceptions": ("MisconfigurationException",),
-    "lightning_shifter.portfolio": ("PortfolioError",),
-    "lightning_shifter.compaction": ("CompactionError",),
-    "lightning_shifter.export": ("ExportError",),
-    "lightning_shifter.runtime": ("SwitchError",),
-    "lightning_shifter.device.transport": ("DeviceError",),
-    "lightning_shifter.device.runner": ("RunnerError",),
-}
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that explain themselves: shown as one line instead of a traceback."""
-    found: list[type[Exception]] = [CommandError]
-    for module, names in _USER_ERRORS.items():
-        if module in sys.modules:  # a module never imported raised nothing
-            found += [getattr(sys.modules[module], name) for name in names]
-    return tuple(found)
 
 
 if __name__ == "__main__":

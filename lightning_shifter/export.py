@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from lightning_shifter.errors import ShifterError
 from lightning_shifter.portfolio import FileEntry, Portfolio, PortfolioError
 from lightning_shifter.pt2 import load_program
 from lightning_shifter.runtime import PRECISIONS, example_input, measure_program
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 _GLUE_OPS = {"executorch_call_delegate", "getitem"}
 
 
-class ExportError(RuntimeError):
+class ExportError(ShifterError, RuntimeError):
     """The export cannot go on (e.g. the disk is full); what was recorded before stays valid."""
 
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from lightning_shifter.errors import ShifterError
 from lightning_shifter.schema import (
     SchemaError,
     anything,
@@ -84,7 +85,7 @@ _TEMPORARY = re.compile(r"\.(?P<final>.+?)\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]{8,}\
 _LEGACY_TEMPORARY_AGE_S = 3600.0  # a temporary without a pid is stale once this old
 
 
-class PortfolioError(Exception):
+class PortfolioError(ShifterError):
     """A portfolio directory or manifest that cannot be used as it is."""
 
 

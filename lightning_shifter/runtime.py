@@ -42,6 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from executorch.runtime import Method, Runtime
 
+from lightning_shifter.errors import ShifterError
 from lightning_shifter.portfolio import Portfolio, PortfolioError
 from lightning_shifter.trial import trial_load
 
@@ -531,7 +532,7 @@ class _Loaded:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one execute per method at a time
 
 
-class SwitchError(ValueError):
+class SwitchError(ShifterError, ValueError):
     """An unknown variant or precision, or a switcher with nothing to run."""
 
 

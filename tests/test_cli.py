@@ -290,3 +290,9 @@ def test_bad_usage_exits_2(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "usage: lightning-shifter" in capsys.readouterr().err
+
+
+def test_lightning_configuration_errors_exit_1_with_the_reason(tmp_path, capsys):
+    # raised by Lightning's own Trainer, not by this package: still one line, not a traceback
+    assert main(["fit", "--config", str(_config(tmp_path)), "--trainer.limit_train_batches", "-1"]) == 1
+    assert "invalid value -1 for limit_train_batches" in _error(capsys)

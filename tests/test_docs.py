@@ -28,6 +28,7 @@ MODULES = [
     "lightning_shifter.device.locator",
     "lightning_shifter.device.runner",
     "lightning_shifter.device.transport",
+    "lightning_shifter.errors",
     "lightning_shifter.export",
     "lightning_shifter.imp",
     "lightning_shifter.masks",

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning_shifter.device.transport import Channel, Device, DeviceError
+from lightning_shifter.errors import ShifterError
 
 
 _INFO_LINE = re.compile(r"^I \d\d:\d\d:\d\d")
@@ -51,7 +52,7 @@ def check_request_value(name: str, value: int) -> int:
     return value
 
 
-class RunnerError(RuntimeError):
+class RunnerError(ShifterError, RuntimeError):
     """The runner answered a request with an error; the session is still usable."""
 
     def __init__(self, message: str, response: dict[str, Any]) -> None:
