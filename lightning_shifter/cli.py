@@ -854,7 +854,8 @@ def _run_device_bench(args: argparse.Namespace) -> int:
 def _run_device_switch(args: argparse.Namespace) -> int:
     from lightning_shifter import demo
     from lightning_shifter.device import DeviceLost, switch_session
-    from lightning_shifter.runtime import LatencyBudget, ScheduleSignal
+    from lightning_shifter.policy import LatencyBudget
+    from lightning_shifter.signals import ScheduleSignal
 
     device = _adb_device(args)
     lost = None

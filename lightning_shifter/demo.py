@@ -40,7 +40,8 @@ from lightning_shifter.device import SwitchReport
 from lightning_shifter.imp import IterativeMagnitudePruning, RoundRecord
 
 if TYPE_CHECKING:  # executorch's runtime is imported only where a session runs
-    from lightning_shifter.runtime import Option, Switcher
+    from lightning_shifter.policy import Option
+    from lightning_shifter.runtime import Switcher
 
 NUM_CLASSES = 10
 
@@ -391,7 +392,7 @@ def budget_schedule(options: Sequence[Option], duration_s: float, margin: float 
 
     Example::
 
-        >>> from lightning_shifter.runtime import Option
+        >>> from lightning_shifter.policy import Option
         >>> options = [Option("dense", "fp32", 0.99, 4.0, None), Option("small", "fp32", 0.98, 1.5, None),
         ...            Option("tiny", "int8", 0.95, 0.5, None)]
         >>> [(t, round(b, 2)) for t, b in budget_schedule(options, duration_s=8.0)]

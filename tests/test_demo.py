@@ -13,7 +13,7 @@ from lightning_shifter.cli import main
 from lightning_shifter.device import DeviceSwitch, SwitchReport, locator
 from lightning_shifter.portfolio import Portfolio
 from lightning_shifter.report import load_session
-from lightning_shifter.runtime import LatencyBudget, Option
+from lightning_shifter.policy import LatencyBudget, Option
 
 SMALL = ["--rounds", "2", "--width", "4", "--image-size", "8", "--epochs-per-round", "1", "--rewind-step", "5",
          "--session-seconds", "2", "--runner-runs", "5", "--no-progress"]

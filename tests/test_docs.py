@@ -32,11 +32,13 @@ MODULES = [
     "lightning_shifter.export",
     "lightning_shifter.imp",
     "lightning_shifter.masks",
+    "lightning_shifter.policy",
     "lightning_shifter.portfolio",
     "lightning_shifter.pt2",
     "lightning_shifter.report",
     "lightning_shifter.runtime",
     "lightning_shifter.schema",
+    "lightning_shifter.signals",
     "lightning_shifter.trial",
     "lightning_shifter.variants",
 ]
