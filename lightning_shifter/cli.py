@@ -277,9 +277,17 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, console: Any
                    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
     """A host Switcher session (and one on the native runner) under a latency budget that drops and rises."""
-    from lightning_shifter import demo
+    from lightning_shifter.policy import LatencyBudget
     from lightning_shifter.portfolio import Portfolio
-    from lightning_shifter.runtime import LatencyBudget, ScheduleSignal, Switcher, load_method
+    from lightning_shifter.runtime import Switcher, load_method
+    from lightning_shifter.sessions import (
+        SESSION_INTERVAL_S,
+        budget_schedule,
+        device_session_events,
+        host_switch_session,
+        switching_summary,
+    )
+    from lightning_shifter.signals import ScheduleSignal
 
     portfolio = Portfolio.open(portfolio_dir, verify=False)
     # switch along the Pareto front: variants that differ in size, not only in training noise
@@ -287,19 +295,19 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
     switcher = Switcher(portfolio_dir, args.precisions, variants=front, policy=LatencyBudget(), measure=None)
     # timed at the session's pace (one inference every 10 ms: caches go cold in between), so that the
     # budgets below are ones the chosen programs meet in the session itself
-    options = switcher.remeasure(runs=15, interval_s=demo.SESSION_INTERVAL_S)
-    schedule = demo.budget_schedule(options, args.session_seconds)
+    options = switcher.remeasure(runs=15, interval_s=SESSION_INTERVAL_S)
+    schedule = budget_schedule(options, args.session_seconds)
     switcher.signals.append(ScheduleSignal("latency_budget_ms", schedule))
     load_ms = [load_method(portfolio.file_path(o.name, o.precision))[1] for o in switcher.options()]
 
     sessions, summaries = {}, {}
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("switching session, host ExecuTorch", total=round(args.session_seconds, 1))
-        events = demo.host_switch_session(
+        events = host_switch_session(
             switcher, args.session_seconds, on_step=lambda t: progress.update(task, completed=round(t, 1)))
         progress.update(task, completed=round(args.session_seconds, 1))
     sessions["host ExecuTorch Switcher"] = events
-    summaries["host ExecuTorch Switcher"] = demo.switching_summary(events, load_ms, inferences=len(events))
+    summaries["host ExecuTorch Switcher"] = switching_summary(events, load_ms, inferences=len(events))
     summaries["host ExecuTorch Switcher"]["options"] = [dataclasses.asdict(o) for o in options]
 
     if device is not None:
@@ -308,17 +316,17 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
         # the runner's latencies differ from the host runtime's: scale its budget to what it measured
         on_device = [o for o in device_options(Portfolio.open(portfolio_dir, verify=False), device.id, args.precisions)
                      if o.name in front and o.latency_ms is not None]
-        device_schedule = demo.budget_schedule(on_device, args.session_seconds) if on_device else schedule
+        device_schedule = budget_schedule(on_device, args.session_seconds) if on_device else schedule
         with console.status(f"switching session on the native runner ({device.id})"):
             report = switch_session(device, portfolio_dir, LatencyBudget(),
                                     [ScheduleSignal("latency_budget_ms", device_schedule)],
                                     duration_s=args.session_seconds, precisions=args.precisions, variants=front)
-        events = demo.device_session_events(report)
+        events = device_session_events(report)
         reload_ms = [v[p]["reload_ms"] for v in (variant.devices.get(device.id, {})
                                                   for variant in Portfolio.open(portfolio_dir, verify=False).variants)
                      for p in args.precisions if p in v]
         sessions[f"native runner ({device.id})"] = events
-        summaries[f"native runner ({device.id})"] = demo.switching_summary(events, reload_ms, report.inferences)
+        summaries[f"native runner ({device.id})"] = switching_summary(events, reload_ms, report.inferences)
     return sessions, summaries
 
 
@@ -852,9 +860,9 @@ def _run_device_bench(args: argparse.Namespace) -> int:
 
 
 def _run_device_switch(args: argparse.Namespace) -> int:
-    from lightning_shifter import demo
     from lightning_shifter.device import DeviceLost, switch_session
     from lightning_shifter.policy import LatencyBudget
+    from lightning_shifter.sessions import device_session_events
     from lightning_shifter.signals import ScheduleSignal
 
     device = _adb_device(args)
@@ -868,7 +876,7 @@ def _run_device_switch(args: argparse.Namespace) -> int:
             lost, report = err, err.partial
     _console().print(report.table())
     if args.session_out:
-        events = demo.device_session_events(report)
+        events = device_session_events(report)
         args.session_out.write_text(json.dumps({"title": device.id, "events": events, "summary": report.to_json()},
                                                indent=1))
         _console().print(f"session log: {args.session_out} (lightning-shifter report ... --session {args.session_out})")
@@ -939,7 +947,8 @@ def _add_device(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------- report
 def _run_report(args: argparse.Namespace) -> int:
-    from lightning_shifter.report import load_session, write_report
+    from lightning_shifter.report import write_report
+    from lightning_shifter.sessions import load_session
 
     sessions = {}
     for path in args.session:

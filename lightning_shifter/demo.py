@@ -18,13 +18,10 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
-import statistics
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -36,12 +33,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_shifter.callbacks.compaction import Compaction
-from lightning_shifter.device import SwitchReport
 from lightning_shifter.imp import IterativeMagnitudePruning, RoundRecord
-
-if TYPE_CHECKING:  # executorch's runtime is imported only where a session runs
-    from lightning_shifter.policy import Option
-    from lightning_shifter.runtime import Switcher
 
 NUM_CLASSES = 10
 
@@ -378,110 +370,3 @@ def original_rule_notes(portfolio_dir: str | os.PathLike, original: dict[int, di
             f"{summary['original_size_ratio']:.2f}x smaller (ours {summary['ours_fused_size_ratio']:.2f}x, both "
             f"counted with batch-norms fused) and changes its outputs by up to {summary['original_max_error']:.1e}; "
             f"ours changes them by at most {summary['exactness_error']:.1e} (exact compaction)."]
-
-
-def budget_schedule(options: Sequence[Option], duration_s: float, margin: float = 1.3) -> list[tuple[float, float]]:
-    """A latency budget that drops and rises again, which the program the policy picks always meets.
-
-    Equal phases: generous (every program fits: the most accurate runs), then ``margin`` times the
-    latency of the most accurate program at least twice as fast as that one (when there is such a
-    program, other than the fastest), then ``margin`` times the fastest program's latency, then
-    generous again. A budget policy picks, in each phase, a program whose measured latency is within
-    the budget (the targeted one, or a faster one that is more accurate), with ``margin`` to spare
-    for noise.
-
-    Example::
-
-        >>> from lightning_shifter.policy import Option
-        >>> options = [Option("dense", "fp32", 0.99, 4.0, None), Option("small", "fp32", 0.98, 1.5, None),
-        ...            Option("tiny", "int8", 0.95, 0.5, None)]
-        >>> [(t, round(b, 2)) for t, b in budget_schedule(options, duration_s=8.0)]
-        [(0.0, 6.0), (2.0, 1.95), (4.0, 0.65), (6.0, 6.0)]
-    """
-    if not options:
-        raise ValueError("no programs to scale the budget to: export and measure the portfolio first")
-    if margin < 1.0:
-        raise ValueError(f"margin must be >= 1 (a budget below the target's own latency), got {margin!r}")
-
-    def accuracy(option: Option) -> float:
-        return -math.inf if option.accuracy is None else option.accuracy
-
-    best = max(options, key=lambda o: (accuracy(o), -o.latency_ms))
-    fastest = min(options, key=lambda o: (o.latency_ms, -accuracy(o)))
-    faster = [o for o in options if o.latency_ms <= best.latency_ms / 2 and o is not fastest]
-    budgets = [1.5 * max(o.latency_ms for o in options)]
-    if faster:
-        budgets.append(margin * max(faster, key=lambda o: (accuracy(o), -o.latency_ms)).latency_ms)
-    budgets += [margin * fastest.latency_ms, budgets[0]]
-    phase = duration_s / len(budgets)
-    return [(i * phase, budget) for i, budget in enumerate(budgets)]
-
-
-#: Seconds between two inferences of the demo's host switching session.
-SESSION_INTERVAL_S = 0.01
-
-
-def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float = SESSION_INTERVAL_S,
-                        on_step: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
-    """Run one inference every ``interval_s`` for ``duration_s``, letting ``switcher``'s policy pick
-    the program from its signals before each; return the events in the report's session format.
-
-    Each event: ``t`` (s since the start), ``variant``, ``precision``, ``latency_ms`` and
-    ``budget_ms`` (``conditions["latency_budget_ms"]``); events where the switcher switched also
-    carry the policy's ``reason`` and the measured ``switch_us``.
-    """
-    for signal in switcher.signals:
-        if hasattr(signal, "start"):
-            signal.start()  # schedules count from the start of the session
-    switcher.select(**switcher.conditions())  # the initial choice, before the first timed inference
-    example = torch.randn(switcher.portfolio.input_shape, generator=torch.Generator().manual_seed(0))
-    events: list[dict[str, Any]] = []
-    start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < duration_s:
-        conditions = switcher.conditions()
-        before = switcher.active
-        switcher.select(**conditions)
-        result = switcher.run(example)
-        event: dict[str, Any] = {"t": elapsed, "variant": result.name, "precision": result.precision,
-                                 "latency_ms": result.latency_ms, "budget_ms": conditions.get("latency_budget_ms")}
-        if switcher.active != before:
-            switch = switcher.history[-1]
-            event.update(reason=switch.reason, switch_us=switch.overhead_ms * 1e3)
-        events.append(event)
-        if on_step is not None:
-            on_step(elapsed)
-        time.sleep(max(0.0, start + len(events) * interval_s - time.monotonic()))
-    return events
-
-
-def device_session_events(report: SwitchReport) -> list[dict[str, Any]]:
-    """A device :class:`~lightning_shifter.device.SwitchReport` in the report's session format: the
-    initial choice, one event per switch (with ``switch_us``), and one marking the end of the session."""
-    events = [{"t": s.time_s, "variant": s.name, "precision": s.precision, "reason": s.reason,
-               "budget_ms": s.conditions.get("latency_budget_ms")} for s in report.switches]
-    for event, switch in zip(events, report.switches):
-        if switch.previous is not None:  # the first is the initial choice, not a switch
-            event["switch_us"] = switch.switch_us
-    if events:
-        last = events[-1]
-        events.append({"t": report.duration_s, "variant": last["variant"], "precision": last["precision"],
-                       "budget_ms": last["budget_ms"]})
-    return events
-
-
-def switching_summary(events: Sequence[dict[str, Any]], load_ms: Sequence[float], inferences: int) -> dict[str, Any]:
-    """Switch count and overheads of a session, against loading a program from storage (``load_ms``),
-    and the share of timed inferences that met the budget of their moment (``within_budget``)."""
-    overheads = sorted(float(e["switch_us"]) for e in events if e.get("switch_us") is not None)
-    summary: dict[str, Any] = {"inferences": inferences, "switches": len(overheads),
-                               "programs": sorted({f"{e['variant']}/{e.get('precision', 'fp32')}" for e in events})}
-    timed = [e for e in events if e.get("latency_ms") is not None and e.get("budget_ms") is not None]
-    if timed:
-        summary["within_budget"] = sum(e["latency_ms"] <= e["budget_ms"] for e in timed) / len(timed)
-    if overheads:
-        summary.update(switch_us_median=statistics.median(overheads), switch_us_max=overheads[-1])
-    if load_ms:
-        summary["load_ms_median"] = statistics.median(load_ms)
-        if overheads:
-            summary["speedup_vs_load"] = summary["load_ms_median"] * 1e3 / max(summary["switch_us_median"], 1e-3)
-    return summary

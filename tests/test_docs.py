@@ -38,6 +38,7 @@ MODULES = [
     "lightning_shifter.report",
     "lightning_shifter.runtime",
     "lightning_shifter.schema",
+    "lightning_shifter.sessions",
     "lightning_shifter.signals",
     "lightning_shifter.trial",
     "lightning_shifter.variants",
