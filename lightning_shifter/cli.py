@@ -40,8 +40,8 @@ from typing import Any
 
 from lightning_shifter import __version__
 from lightning_shifter.errors import ShifterError
+from lightning_shifter.portfolio import INPUT_DTYPES, PRECISIONS
 
-PRECISIONS = ("fp32", "int8")
 
 
 class CommandError(ShifterError):
@@ -533,8 +533,7 @@ def _load_source(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None,
 
 
 def _run_compact(args: argparse.Namespace) -> int:
-    import torch
-
+    from lightning_shifter.batches import example_input
     from lightning_shifter.portfolio import Portfolio
     from lightning_shifter.variants import add_variant
 
@@ -542,11 +541,10 @@ def _run_compact(args: argparse.Namespace) -> int:
     shape = args.input_shape or recorded_shape
     if shape is None:
         raise CommandError("the input shape is unknown: pass --input-shape, batch first, e.g. 1,3,32,32")
-    dtype = getattr(torch, args.input_dtype)
     datamodule = _datamodule(args.datamodule, args.datamodule_args)
     portfolio = Portfolio.create(args.portfolio, shape, args.input_dtype)
     name = args.name or args.source.stem
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    example = example_input(shape, args.input_dtype)
     console = _console()
     with console.status(f"compacting {args.source} into {args.portfolio}/{name}"):
         variant = add_variant(portfolio, model, example, name=name, round=args.round, density=density,
@@ -586,8 +584,8 @@ def _add_compact(subparsers: argparse._SubParsersAction) -> None:
                         help="the model's constructor arguments (default: the checkpoint's hyper_parameters, or none)")
     parser.add_argument("--input-shape", type=_shape, default=None, metavar="N,C,H,W",
                         help="input shape, batch first (default: the program's, or the model's example_input_array)")
-    parser.add_argument("--input-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                        help="input dtype (default: float32)")
+    parser.add_argument("--input-dtype", default="float32", choices=INPUT_DTYPES,
+                        help="input dtype (default: float32; the native runner takes float32 only)")
     _add_datamodule_args(parser, "measures the sparse and compacted accuracy on its val_dataloader()")
     parser.set_defaults(handler=_run_compact)
 
@@ -661,7 +659,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from lightning_shifter.portfolio import Portfolio
-    from lightning_shifter.runtime import example_input, measure_program
+    from lightning_shifter.batches import example_input
+    from lightning_shifter.runtime import measure_program
 
     portfolio = Portfolio.open(args.portfolio, verify=True)
     programs = [(v.name, p) for v in portfolio.variants for p in args.precisions if p in v.files]

@@ -44,10 +44,11 @@ from typing import Any
 
 import torch
 
+from lightning_shifter.batches import batch_inputs, class_logits, default_unpack, example_input, top1_accuracy
 from lightning_shifter.errors import ShifterError
-from lightning_shifter.portfolio import FileEntry, Portfolio, PortfolioError
+from lightning_shifter.portfolio import PRECISIONS, FileEntry, Portfolio, PortfolioError
 from lightning_shifter.pt2 import load_program
-from lightning_shifter.runtime import PRECISIONS, example_input, measure_program
+from lightning_shifter.runtime import measure_program
 
 log = logging.getLogger(__name__)
 
@@ -193,24 +194,15 @@ class _Outcome:
     entry: FileEntry | None = None
 
 
-def _top1(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    logits = outputs[0]
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(
-            f"accuracy needs class logits of shape [batch, classes >= 2] as the first output, got {list(logits.shape)}; "
-            "export without validation_data for models that are not classifiers"
-        )
-    return logits.argmax(dim=1)
+_NOT_A_CLASSIFIER = "export without validation_data for models that are not classifiers"
 
 
-def _accuracy(run: Any, validation: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
-    if not validation:
-        return None
-    correct = total = 0
-    for x, y in validation:
-        correct += int((_top1(run(x)) == y).sum())
-        total += y.numel()
-    return correct / total
+def _top1(outputs: Sequence[torch.Tensor], what: str) -> torch.Tensor:
+    return class_logits(outputs, what, _NOT_A_CLASSIFIER).argmax(dim=1)
+
+
+def _accuracy(run: Any, validation: Sequence[tuple[torch.Tensor, torch.Tensor]], what: str) -> float | None:
+    return top1_accuracy(run, validation, what=what, remedy=_NOT_A_CLASSIFIER) if validation else None
 
 
 def _export_variant(job: _Job) -> list[_Outcome]:
@@ -238,7 +230,7 @@ def _export_variant(job: _Job) -> list[_Outcome]:
         error = (f"variant {job.name!r} model.pt2 does not run on the portfolio's input ({type(err).__name__}: "
                  f"{_first_line(err)}); recreate the variant")
         return [_Outcome(ProgramReport(job.name, p, "failed", error=error)) for p in job.precisions]
-    reference_accuracy = _accuracy(run_reference, job.validation)
+    reference_accuracy = _accuracy(run_reference, job.validation, "the PyTorch variant")
     outcomes = []
     for precision in job.precisions:
         start = time.perf_counter()
@@ -288,9 +280,9 @@ def _check(precision: str, run_program: Any, run_reference: Any, job: _Job, expe
                     report.max_abs_error = error
                     return f"max |program - PyTorch| = {error:.3g} exceeds the tolerance {limit:.3g}"
         report.max_abs_error = worst
-        report.accuracy = _accuracy(run_program, job.validation)
+        report.accuracy = _accuracy(run_program, job.validation, "the program")
         return None
-    report.accuracy = _accuracy(run_program, job.validation)
+    report.accuracy = _accuracy(run_program, job.validation, "the program")
     if report.accuracy is not None:
         drop = report.reference_accuracy - report.accuracy
         if drop > job.int8_max_accuracy_drop:
@@ -299,7 +291,8 @@ def _check(precision: str, run_program: Any, run_reference: Any, job: _Job, expe
                     "on more representative data or raise int8_max_accuracy_drop")
         return None
     # no labels: compare top-1 with the PyTorch variant on real (calibration) inputs
-    agree = [bool((_top1(run_program(x)) == _top1(run_reference(x))).all()) for x in job.calibration]
+    agree = [bool((_top1(run_program(x), "the program") == _top1(run_reference(x), "the PyTorch variant")).all())
+             for x in job.calibration]
     agreement = sum(agree) / len(agree)
     if agreement < 1.0 - job.int8_max_accuracy_drop:
         return (f"int8 top-1 agrees with the PyTorch variant on {agreement:.0%} of the calibration inputs "
@@ -417,7 +410,7 @@ def export_portfolio(
     if calibration_data is not None:
         calibration = []
         for batch in calibration_data:
-            calibration.extend(_split(_inputs_of(batch), shape, dtype, "calibration_data"))
+            calibration.extend(_split(batch_inputs(batch), shape, dtype, "calibration_data"))
             if len(calibration) >= calibration_batches:
                 break
         calibration = calibration[:calibration_batches]
@@ -568,16 +561,6 @@ def _check_arguments(precisions: Sequence[str], calibration_data: Any, validatio
     return precisions
 
 
-def _inputs_of(batch: Any) -> torch.Tensor:
-    x = batch if isinstance(batch, torch.Tensor) else batch[0] if isinstance(batch, (tuple, list)) and batch else None
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(
-            f"cannot take an input tensor from a batch of type {type(batch).__name__}: give batches that are "
-            "tensors or (inputs, targets, ...) sequences"
-        )
-    return x
-
-
 def _split(x: torch.Tensor, shape: tuple[int, ...], dtype: str, what: str) -> list[torch.Tensor]:
     """Cut a data batch into inputs of the programs' fixed shape (a remainder is left out)."""
     if tuple(x.shape[1:]) != shape[1:] or x.dtype != getattr(torch, dtype):
@@ -590,8 +573,6 @@ def _split(x: torch.Tensor, shape: tuple[int, ...], dtype: str, what: str) -> li
 
 
 def _split_labelled(batch: Any, shape: tuple[int, ...], dtype: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from lightning_shifter.variants import default_unpack
-
     x, y = default_unpack(batch)
     inputs = _split(x, shape, dtype, "validation_data")
     step = shape[0]

@@ -69,10 +69,15 @@ from lightning_shifter.schema import (
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-# role -> file name inside the variant's folder
+#: The precisions a variant's ExecuTorch programs come in (a file role each; the native runner's
+#: ``--precision`` takes the same names).
+PRECISIONS = ("fp32", "int8")
+# role -> file name inside the variant's folder: the torch.export program, then one per precision
 FILE_NAMES = {"pt2": "model.pt2", "fp32": "model.pte", "int8": "model_int8.pte"}
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+#: The input dtypes a portfolio may declare (the Python side runs them all; the native runner feeds
+#: float32 only and refuses a portfolio of another dtype when it starts).
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
 #: Which variants a portfolio keeps as rounds arrive (see :func:`keep_decision`).
 KEEP_POLICIES = ("all", "distinct", "pareto")
@@ -288,6 +293,25 @@ class Variant:
             if key in self.metrics:
                 return float(self.metrics[key])
         return None
+
+    def program_accuracy(self, precision: str) -> float | None:
+        """The accuracy of the variant's ``precision`` program, what switching policies rank it by:
+        measured on that program (``val_acc_<precision>``, when it was exported with validation data),
+        else for fp32 :attr:`accuracy` (the fp32 program computes the compacted model's function);
+        None where unknown.
+
+        Example::
+
+            >>> from lightning_shifter.portfolio import Variant
+            >>> v = Variant("round-02", round=2, density=0.64, params=1200, macs=45000,
+            ...             metrics={"val_acc_compacted": 0.96, "val_acc_int8": 0.95})
+            >>> v.program_accuracy("fp32"), v.program_accuracy("int8")
+            (0.96, 0.95)
+        """
+        measured = self.metrics.get(f"val_acc_{precision}")
+        if measured is not None:
+            return float(measured)
+        return self.accuracy if precision == "fp32" else None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -669,7 +693,7 @@ class Portfolio:
         if role not in variant.files:
             raise PortfolioError(
                 f"variant {name!r} has no {role!r} file (it has {sorted(variant.files) or 'none'}); "
-                + ("export the portfolio first" if role in ("fp32", "int8") else "recreate the variant")
+                + ("export the portfolio first" if role in PRECISIONS else "recreate the variant")
             )
         return self._resolve(variant.files[role].path, f"variant {name!r} {role}")
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from executorch.runtime import Method, Runtime
 
+from lightning_shifter.batches import example_input
 from lightning_shifter.errors import ShifterError
 from lightning_shifter.policy import (  # noqa: F401  (re-exported: their names' home before the split)
     AllOf,
@@ -53,13 +54,11 @@ from lightning_shifter.policy import (  # noqa: F401  (re-exported: their names'
     Policy,
     most_accurate,
 )
-from lightning_shifter.portfolio import Portfolio, PortfolioError
+from lightning_shifter.portfolio import PRECISIONS, Portfolio, PortfolioError
 from lightning_shifter.signals import CpuLoadSignal, PowerThermalSignal, ScheduleSignal, Signal  # noqa: F401
 from lightning_shifter.trial import trial_load
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "int8")
 
 
 # ---------------------------------------------------------------------------------------- measuring
@@ -129,12 +128,6 @@ def measure_program(path: str | os.PathLike, inputs: Sequence[torch.Tensor], war
     method, load_ms = load_method(path)
     p50, p90 = latency_percentiles(method, inputs, warmup, runs)
     return ProgramTiming(load_ms, p50, p90)
-
-
-def example_input(shape: Sequence[int], dtype: str = "float32", seed: int = 0) -> torch.Tensor:
-    """A deterministic input of the portfolio's shape, for latency measurement."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=generator).to(getattr(torch, dtype))
 
 
 # ---------------------------------------------------------------------------------------- switcher
@@ -277,11 +270,8 @@ class Switcher:
             latency_ms, _ = latency_percentiles(method, [self._example], warmup, runs)
         else:
             latency_ms = float(recorded["p50_ms"])
-        accuracy = variant.metrics.get(f"val_acc_{precision}")
-        if accuracy is None and precision == "fp32":
-            accuracy = variant.accuracy
-        option = Option(name, precision, None if accuracy is None else float(accuracy), latency_ms,
-                         variant.files[precision].bytes / 2**20)
+        option = Option(name, precision, variant.program_accuracy(precision), latency_ms,
+                        variant.files[precision].bytes / 2**20)
         return _Loaded(name, precision, method, path, load_ms, option)
 
     # -------------------------------------------------------------------- state

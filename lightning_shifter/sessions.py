@@ -116,7 +116,7 @@ def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float
     ``budget_ms`` (``conditions["latency_budget_ms"]``); events where the switcher switched also
     carry the policy's ``reason`` and the measured ``switch_us``.
     """
-    from lightning_shifter.runtime import example_input
+    from lightning_shifter.batches import example_input
 
     for signal in switcher.signals:
         if hasattr(signal, "start"):

@@ -354,6 +354,13 @@ def test_evaluate_without_validation_data_is_rejected(tmp_path: Path, make_train
         trainer.fit(DigitsResNet(width=4), train_dataloaders=digits.train_dataloader())
 
 
+def test_evaluate_with_an_empty_list_of_validation_loaders_is_rejected(tmp_path: Path, make_trainer, digits) -> None:
+    trainer = make_trainer(max_epochs=ROUNDS + 1, callbacks=[imp(), Compaction(tmp_path / "p", example_input_shape=SHAPE)])
+    with pytest.raises(MisconfigurationException, match="an empty collection.*Compaction\\(evaluate=False\\)"):
+        trainer.fit(DigitsResNet(width=4), train_dataloaders=digits.train_dataloader(), val_dataloaders=[])
+    assert not (tmp_path / "p").exists()  # nothing was saved: the portfolio folder goes again
+
+
 def test_a_portfolio_for_another_input_is_rejected(tmp_path: Path, make_trainer, digits) -> None:
     Portfolio.create(tmp_path / "p", input_shape=(1, 3, 32, 32))
     trainer = make_trainer(max_epochs=ROUNDS + 1, callbacks=[imp(), Compaction(tmp_path / "p", example_input_shape=SHAPE)])

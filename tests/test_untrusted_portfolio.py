@@ -24,8 +24,7 @@ from torch import nn
 
 from lightning_shifter.compaction import compact
 from lightning_shifter.device import device_options
-from lightning_shifter.portfolio import MANIFEST_NAME, Portfolio, PortfolioError, Variant
-from lightning_shifter.runtime import PRECISIONS
+from lightning_shifter.portfolio import MANIFEST_NAME, PRECISIONS, Portfolio, PortfolioError, Variant
 
 SHAPE = (1, 4)
 

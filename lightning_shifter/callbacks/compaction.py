@@ -15,9 +15,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_shifter._lightning import Callback, MisconfigurationException
+from lightning_shifter.batches import default_unpack, example_input, first_loader
 from lightning_shifter.imp import IterativeMagnitudePruning
 from lightning_shifter.portfolio import KEEP_POLICIES, MANIFEST_NAME, Portfolio, PortfolioError
-from lightning_shifter.variants import add_variant, default_unpack, variant_name
+from lightning_shifter.variants import add_variant, variant_name
 
 
 class Compaction(Callback):
@@ -183,13 +184,14 @@ class Compaction(Callback):
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, portfolio: Portfolio, record: Any,
               name: str) -> None:
-        dtype = getattr(torch, self.input_dtype)
-        generator = torch.Generator().manual_seed(record.round)
-        if dtype.is_floating_point:
-            example = torch.randn(self._input_shape, generator=generator).to(dtype)
-        else:
-            example = torch.zeros(self._input_shape, dtype=dtype)
-        val_data = _first_loader(_val_source(trainer).dataloader()) if self.evaluate else None
+        example = example_input(self._input_shape, self.input_dtype, seed=record.round)
+        val_data = first_loader(_val_source(trainer).dataloader()) if self.evaluate else None
+        if self.evaluate and val_data is None:
+            raise MisconfigurationException(
+                "Compaction(evaluate=True) measures accuracy on the validation data, but the validation "
+                "dataloaders are an empty collection: return a loader from val_dataloader(), or use "
+                "Compaction(evaluate=False)"
+            )
         variant = add_variant(
             portfolio, pl_module, example, name=name, round=record.round, density=record.density,
             val_data=val_data, unpack=self.unpack_batch, keep=self.keep,
@@ -236,14 +238,6 @@ def _val_source(trainer: pl.Trainer) -> Any:
     # Where fit's validation data comes from (datamodule, module or fit(val_dataloaders=...)); asking
     # it again gives the user's own loader: the full set, not a distributed shard of it.
     return trainer.fit_loop.epoch_loop.val_loop._data_source
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, dict):
-        return next(iter(loaders.values()))
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0]
-    return loaders
 
 
 @contextmanager

@@ -11,8 +11,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_shifter._lightning import Callback, MisconfigurationException
+from lightning_shifter.batches import first_loader
 from lightning_shifter.export import export_portfolio
-from lightning_shifter.runtime import PRECISIONS
+from lightning_shifter.portfolio import PRECISIONS
 
 
 class ExecuTorchExport(Callback):
@@ -94,7 +95,7 @@ class ExecuTorchExport(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            validation = _first_loader(trainer.val_dataloaders) if self.validate else None
+            validation = first_loader(trainer.val_dataloaders) if self.validate else None
             calibration = trainer.train_dataloader if "int8" in self.precisions else None
             if calibration is None and "int8" in self.precisions:
                 calibration = validation
@@ -119,11 +120,3 @@ class ExecuTorchExport(Callback):
                 "resume from a checkpoint of a run that used ExecuTorchExport"
             )
         self.last_export = state_dict["last_export"]
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, dict):
-        return next(iter(loaders.values()), None)
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    return loaders

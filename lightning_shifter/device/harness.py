@@ -46,12 +46,11 @@ from lightning_shifter.device.facts import collect_facts
 from lightning_shifter.device.runner import RunnerSession, check_request_value
 from lightning_shifter.device.transport import Device, DeviceError, wait_for
 from lightning_shifter.policy import Option, Policy
-from lightning_shifter.portfolio import MANIFEST_NAME, Portfolio, PortfolioError, sha256_file
+from lightning_shifter.portfolio import MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, Portfolio, PortfolioError, sha256_file
 from lightning_shifter.signals import Signal
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8")
 _MANIFEST_LOCK = threading.Lock()  # one manifest writer at a time across device threads
 
 
@@ -116,7 +115,7 @@ def _device_manifest(portfolio: Portfolio, roles: Sequence[str]) -> dict[str, An
         if files:
             variants.append({"name": variant.name, "round": variant.round, "density": variant.density,
                              "params": variant.params, "macs": variant.macs, "files": files})
-    return {"schema_version": 1, "input": {"shape": list(portfolio.input_shape), "dtype": portfolio.input_dtype},
+    return {"schema_version": SCHEMA_VERSION, "input": {"shape": list(portfolio.input_shape), "dtype": portfolio.input_dtype},
             "variants": variants}
 
 
@@ -526,7 +525,7 @@ class SwitchReport:
 def device_options(portfolio: Portfolio, device_id: str, precisions: Sequence[str]) -> list[Option]:
     """Policy options from the manifest. Latency: measured on this device (:func:`bench`), else on
     the host, else None. Memory: the runner's resident memory holding only that variant on this device, else
-    the program's file size. Accuracy as the host Switcher reports it.
+    the program's file size. Accuracy: :meth:`~lightning_shifter.portfolio.Variant.program_accuracy`, as on the host.
 
     Example::
 
@@ -556,11 +555,7 @@ def device_options(portfolio: Portfolio, device_id: str, precisions: Sequence[st
             latency = on_device.get("p50_ms", variant.host.get(precision, {}).get("p50_ms"))
             memory_kb = on_device.get("alone_rss_kb")
             memory_mb = memory_kb / 1024 if memory_kb is not None else variant.files[precision].bytes / 2**20
-            accuracy = variant.metrics.get(f"val_acc_{precision}")
-            if accuracy is None and precision == "fp32":
-                accuracy = variant.accuracy
-            options.append(Option(variant.name, precision, None if accuracy is None else float(accuracy),
-                                  latency, memory_mb))
+            options.append(Option(variant.name, precision, variant.program_accuracy(precision), latency, memory_mb))
     return options
 
 
