@@ -49,7 +49,8 @@ class Callback(*classes("callbacks.Callback")):  # type: ignore[misc]
     """A Lightning ``Callback`` of both packages (the hooks are the same; none is overridden here)."""
 
 
-class MisconfigurationException(*classes("utilities.exceptions.MisconfigurationException"), ShifterError):  # type: ignore[misc]
+class MisconfigurationException(  # type: ignore[misc]
+        *classes("utilities.exceptions.MisconfigurationException"), ShifterError):
     """A configuration error: caught by ``except MisconfigurationException`` of either package (and as a
     :class:`~lightning_shifter.errors.ShifterError`)."""
 

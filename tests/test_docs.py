@@ -19,10 +19,13 @@ import lightning_shifter.device
 MODULES = [
     "lightning_shifter.batches",
     "lightning_shifter.cli",
+    "lightning_shifter.cli.common",
     "lightning_shifter.compaction",
     "lightning_shifter.compaction.original",
     "lightning_shifter.compaction.report",
     "lightning_shifter.demo",
+    "lightning_shifter.demo.data",
+    "lightning_shifter.demo.models",
     "lightning_shifter.device.builds",
     "lightning_shifter.device.facts",
     "lightning_shifter.device.harness",
