@@ -7,13 +7,19 @@ the other's. The callbacks of this package derive from both packages' ``Callback
 that is both packages' ``MisconfigurationException``, so either Trainer (and either package's
 ``LightningCLI``) takes them and ``except MisconfigurationException`` works with either import.
 Everything else they use of the Trainer (hooks, loops, strategy) is the same API in both.
+
+This module is also the one place that reads Lightning's private attributes (:data:`PRIVATE`: what the
+public API does not tell), each through an accessor that names the attribute when a Lightning release
+no longer has it, and the place of the callbacks' rank convention (:func:`on_rank_zero`).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from functools import cache
 from types import ModuleType
+from typing import Any, TypeVar
 
 import lightning.pytorch
 import lightning_utilities.core.rank_zero
@@ -58,3 +64,70 @@ class MisconfigurationException(  # type: ignore[misc]
 def package_of(obj: object) -> str:
     """The top-level package that defines ``obj``'s class, e.g. ``"lightning"`` or ``"pytorch_lightning"``."""
     return type(obj).__module__.partition(".")[0]
+
+
+T = TypeVar("T")
+
+#: The private attributes of Lightning this package reads (where they live -> what for); each is read
+#: only through the accessor below it, and tests/test_lightning_packages.py checks them on every release
+#: of either package.
+PRIVATE = {
+    "Trainer.fit_loop.epoch_loop.val_loop._data_source": "where fit's validation data comes from (val_data_source)",
+    "callbacks.Timer._duration": "the time limit of a Timer, None without one (timer_duration)",
+}
+
+
+def _private(owner: Any, name: str, where: str) -> Any:
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise RuntimeError(
+            f"{where} is gone in this Lightning release ({lightning.pytorch.__version__}); lightning-shifter reads it "
+            f"for {PRIVATE[where]}: use the Lightning version this lightning-shifter supports (lightning>=2.6,<2.7) "
+            "or a lightning-shifter release made for yours"
+        ) from None
+
+
+def val_data_source(trainer: Any) -> Any:
+    """Where ``fit``'s validation data comes from (the datamodule, the module or ``fit(val_dataloaders=...)``):
+    its ``dataloader()`` gives the user's own loaders again (the full set, not a distributed shard) and
+    ``is_defined()`` tells whether there are any. Lightning keeps it in a private attribute."""
+    where = "Trainer.fit_loop.epoch_loop.val_loop._data_source"
+    return _private(trainer.fit_loop.epoch_loop.val_loop, "_data_source", where)
+
+
+def timer_duration(timer: Any) -> float | None:
+    """A ``Timer`` callback's time limit in seconds (``Trainer(max_time=...)``), None without one. Lightning
+    keeps it in a private attribute."""
+    return _private(timer, "_duration", "callbacks.Timer._duration")
+
+
+def on_rank_zero(trainer: Any, work: Callable[[], T], what: str) -> T | None:
+    """Run ``work()`` on global rank 0 while every rank waits for it; all go on together, or all stop.
+
+    The other ranks learn from a broadcast whether rank 0 failed: rank 0 raises its own error, every other
+    rank a ``RuntimeError`` saying that rank 0 could not ``what`` and why (a plain barrier would leave
+    them waiting forever after a failure). Returns ``work()``'s result on rank 0, None elsewhere.
+
+    Example (one process: rank 0 is all there is)::
+
+        >>> from types import SimpleNamespace
+        >>> from lightning_shifter._lightning import on_rank_zero
+        >>> single = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(broadcast=lambda obj: obj))
+        >>> on_rank_zero(single, lambda: "saved", "save the variant")
+        'saved'
+    """
+    failure: Exception | None = None
+    result = None
+    if trainer.is_global_zero:
+        try:
+            result = work()
+        except Exception as err:
+            failure = err
+    message = None if failure is None else f"{type(failure).__name__}: {failure}"
+    rank_zero_failure = trainer.strategy.broadcast(message)
+    if failure is not None:
+        raise failure
+    if rank_zero_failure is not None:
+        raise RuntimeError(f"rank 0 could not {what}: {rank_zero_failure}")
+    return result

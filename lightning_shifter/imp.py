@@ -57,7 +57,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_shifter import masks as M
-from lightning_shifter._lightning import Callback, MisconfigurationException, classes, package_of
+from lightning_shifter._lightning import Callback, MisconfigurationException, classes, package_of, timer_duration
 from lightning_shifter.criteria import Criterion, describe, magnitude
 from lightning_shifter.portfolio import atomic_write
 
@@ -333,7 +333,7 @@ class IterativeMagnitudePruning(Callback):
                     "(IterativeMagnitudePruning stops the fit itself after round "
                     f"{self.num_rounds}; pick the variant you want from the per-round records instead)"
                 )
-            if isinstance(callback, classes("callbacks.Timer")) and callback._duration is not None:
+            if isinstance(callback, classes("callbacks.Timer")) and timer_duration(callback) is not None:
                 raise MisconfigurationException(
                     "a Timer with a duration (Trainer(max_time=...)) could cut the pruning rounds short: "
                     "remove max_time / the Timer, or lower rounds or epochs_per_round to fit your time budget"

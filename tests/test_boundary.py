@@ -40,9 +40,10 @@ DEPLOYMENT = (
     "lightning_shifter.device.harness", "lightning_shifter.device.locator", "lightning_shifter.device.runner",
     "lightning_shifter.device.transport",
     # the command: its parsers (every subcommand's) load with it, each command's work only when it runs
-    "lightning_shifter.cli", "lightning_shifter.cli.common", "lightning_shifter.cli.bench", "lightning_shifter.cli.device",
-    "lightning_shifter.cli.export", "lightning_shifter.cli.report", "lightning_shifter.cli.runner",
-    "lightning_shifter.cli.compact", "lightning_shifter.cli.demo", "lightning_shifter.cli.fit",
+    "lightning_shifter.cli", "lightning_shifter.cli.common", "lightning_shifter.cli.bench",
+    "lightning_shifter.cli.device", "lightning_shifter.cli.export", "lightning_shifter.cli.report",
+    "lightning_shifter.cli.runner", "lightning_shifter.cli.compact", "lightning_shifter.cli.demo",
+    "lightning_shifter.cli.fit",
 )
 NOT_IMPORTED = ("lightning_shifter.cli.__main__",)  # runs the command when imported
 
@@ -66,7 +67,7 @@ print(json.dumps({"code": code, "loaded": loaded}))
 
 
 def _fresh(module: str, argv: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
-    """Import ``module`` (then run ``lightning-shifter argv``) in a new interpreter; its exit code and what it loaded."""
+    """Import ``module`` (then run ``lightning-shifter argv``) in a new interpreter: its exit code, what it loaded."""
     result = subprocess.run(
         [sys.executable, "-c", CHILD, module, json.dumps(argv), json.dumps(FORBIDDEN_PACKAGES), json.dumps(TRAINING)],
         capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},

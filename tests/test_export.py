@@ -370,6 +370,32 @@ def test_callback_exports_at_fit_end(tmp_path, make_trainer, digits):
     assert fresh.state_dict() == state
 
 
+def test_a_failed_export_on_rank_zero_stops_every_rank(tmp_path):
+    from test_compaction_callback import fake_trainer
+
+    from lightning_shifter.callbacks.export import ExecuTorchExport
+
+    missing = tmp_path / "no-portfolio"  # export_portfolio raises on rank 0
+    callback = ExecuTorchExport(portfolio_dir=missing, precisions=("fp32",), validate=False)
+    zero = fake_trainer(rank=0)
+    with pytest.raises(PortfolioError, match="is not a directory"):
+        callback.on_fit_end(zero, None)
+    [message] = zero.strategy.broadcasts  # what the other ranks learn, instead of waiting at a barrier
+    assert message.startswith("PortfolioError: ") and str(missing) in message
+
+    other = fake_trainer(rank=1, from_rank_zero=message)
+    with pytest.raises(RuntimeError, match="rank 0 could not export the portfolio: PortfolioError: .*no-portfolio"):
+        ExecuTorchExport(portfolio_dir=missing, precisions=("fp32",), validate=False).on_fit_end(other, None)
+    assert other.strategy.broadcasts == [None]  # it joined the broadcast, having nothing to say
+
+
+def test_two_exporters_keep_their_states_apart():
+    from lightning_shifter.callbacks.export import ExecuTorchExport
+
+    keys = {ExecuTorchExport(portfolio_dir=d, precisions=p).state_key for d in ("a", "b") for p in (("fp32",), ("int8",))}
+    assert len(keys) == 4
+
+
 def test_callback_needs_a_portfolio(make_trainer, digits):
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
