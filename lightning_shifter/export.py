@@ -5,8 +5,9 @@ For each variant's ``model.pt2`` this writes ``model.pte`` (fp32) and optionally
 is listed in the manifest only after it passed its check: fp32 must match the PyTorch variant within
 a tight tolerance on the same inputs, int8 must keep its accuracy on validation data within a given
 drop (or agree with the PyTorch variant's top-1 on the check inputs when no labels are given).
-Manifest entries record sizes, sha256, accuracies (``val_acc_fp32``, ``val_acc_int8``) and host
-timings (``host[precision] = {load_ms, p50_ms, p90_ms}``).
+Manifest entries record sizes, sha256, accuracies (``val_acc_fp32``, ``val_acc_int8``), where each
+program comes from (``programs[precision] = {source_sha256, portable_ops}``) and host timings
+(``host[precision] = {load_ms, p50_ms, p90_ms}``).
 
 Re-running is cheap: a program whose ``.pt2`` is unchanged (by sha256) since it was exported and
 whose file still matches its hash is skipped; a program whose file is damaged is exported again.
@@ -390,8 +391,8 @@ def export_portfolio(
         >>> [(p.name, p.precision, p.status) for p in report.programs]
         [('round-00', 'fp32', 'exported'), ('round-00', 'int8', 'exported')]
         >>> variant = Portfolio.open(portfolio.root)["round-00"]
-        >>> sorted(variant.files), sorted(variant.host["fp32"])
-        (['fp32', 'int8', 'pt2'], ['load_ms', 'p50_ms', 'p90_ms', 'portable_ops', 'source_sha256'])
+        >>> sorted(variant.files), sorted(variant.programs["fp32"]), sorted(variant.host["fp32"])
+        (['fp32', 'int8', 'pt2'], ['portable_ops', 'source_sha256'], ['load_ms', 'p50_ms', 'p90_ms'])
         >>> [p.status for p in export_portfolio(portfolio.root, precisions=("fp32",)).programs]
         ['skipped']
     """
@@ -466,7 +467,7 @@ def export_portfolio(
                 portfolio.delete_file(report.name, report.precision)  # unlisted and saved before the jobs ran
                 continue
             variant.files[report.precision] = outcome.entry
-            variant.host[report.precision] = {"source_sha256": pt2_sha256, "portable_ops": report.portable_ops}
+            variant.programs[report.precision] = {"source_sha256": pt2_sha256, "portable_ops": report.portable_ops}
             if report.accuracy is not None:
                 variant.metrics[f"val_acc_{report.precision}"] = report.accuracy
             for op in report.portable_ops:
@@ -482,7 +483,7 @@ def export_portfolio(
         example = [example_input(shape, dtype)]
         for report in finished:
             timing = measure_program(portfolio.file_path(report.name, report.precision), example, warmup, runs)
-            portfolio[report.name].host[report.precision].update(timing.to_json())
+            portfolio[report.name].host[report.precision] = timing.to_json()
         if finished:
             _save(portfolio)
     order = {(n, p): i for i, (n, p) in enumerate((n, p) for n in names for p in precisions)}
@@ -504,7 +505,7 @@ def _run(jobs: list[_Job], workers: int) -> Iterable[list[_Outcome]]:
 
 def _up_to_date(portfolio: Portfolio, variant: Any, precision: str) -> bool:
     """Exported from the current model.pt2, and its file intact (a damaged one is exported again)."""
-    recorded = variant.host.get(precision, {})
+    recorded = variant.programs.get(precision, {})
     if precision not in variant.files or recorded.get("source_sha256") != variant.files["pt2"].sha256:
         return False
     try:
@@ -516,13 +517,14 @@ def _up_to_date(portfolio: Portfolio, variant: Any, precision: str) -> bool:
 
 
 def _stale(variant: Any, precision: str) -> bool:
-    source = variant.host.get(precision, {}).get("source_sha256")
+    source = variant.programs.get(precision, {}).get("source_sha256")
     return precision in variant.files and source is not None and source != variant.files["pt2"].sha256
 
 
 def _unlist(variant: Any, precisions: Sequence[str]) -> None:
     for precision in precisions:
         variant.files.pop(precision, None)
+        variant.programs.pop(precision, None)
         variant.host.pop(precision, None)
         variant.metrics.pop(f"val_acc_{precision}", None)
 

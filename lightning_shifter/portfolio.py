@@ -67,7 +67,10 @@ from lightning_shifter.schema import (
     text,
 )
 
-SCHEMA_VERSION = 1
+#: The manifest version this package writes. Version 1 (before provenance left the timings: see
+#: :func:`upgrade_manifest`) is read too.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 #: The precisions a variant's ExecuTorch programs come in (a file role each; the native runner's
 #: ``--precision`` takes the same names).
@@ -208,8 +211,11 @@ def _metrics(value: Any, where: str) -> dict[str, float]:
 _MEASURE_MAX = 1e12  # any time (ms, us), memory (KiB) or ratio recorded; arithmetic on it cannot overflow
 _MS = number(low=0.0, high=_MEASURE_MAX)
 _COUNT = integer()
-_TIMING = record({"load_ms": _MS, "p50_ms": _MS, "p90_ms": _MS,  # host timings per precision
-                  "source_sha256": text(64, _SHA256_PATTERN), "portable_ops": listing(text(256))})
+_TIMING = record({"load_ms": _MS, "p50_ms": _MS, "p90_ms": _MS})  # host timings per precision
+_PROGRAM = record({  # where an exported program comes from (provenance), per precision
+    "source_sha256": text(64, _SHA256_PATTERN),  # the model.pt2 it was exported from
+    "portable_ops": listing(text(256)),  # ops XNNPACK left to ExecuTorch's portable kernels
+})
 _DEVICE_TIMING = record({  # a variant measured on a device (lightning_shifter.device.VariantBench)
     **{key: number(low=0.0, high=_MEASURE_MAX, nullable=True) for key in (
         "load_ms", "first_infer_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "reload_ms", "reload_first_infer_ms",
@@ -233,6 +239,7 @@ VARIANT_FIELDS = {
         "max_abs_error": number(low=0.0), "float64_error": number(low=0.0, nullable=True),
         "unsupported": listing(text(1024)), "layers": listing(_LAYER),
     }),
+    "programs": mapping(text(64), _PROGRAM),
     "host": mapping(text(64), _TIMING),
     "devices": mapping(_DEVICE_ID, record({"facts": _FACTS}, others=_DEVICE_TIMING)),
 }
@@ -253,8 +260,10 @@ class Variant:
 
     ``density`` is nonzero / original prunable weights of the sparse model it came from; ``params``
     and ``macs`` describe the compacted model. ``metrics`` holds accuracies such as
-    ``val_acc_sparse``, ``val_acc_compacted`` and ``val_acc_int8``; ``host`` and ``devices`` hold
-    latency and memory measurements per precision (``devices`` keyed by device id).
+    ``val_acc_sparse``, ``val_acc_compacted`` and ``val_acc_int8``; ``programs`` says where each
+    exported program comes from (``source_sha256``: the ``model.pt2`` it was exported from;
+    ``portable_ops``) per precision; ``host`` and ``devices`` hold latency and memory measurements per
+    precision (``devices`` keyed by device id), which can be dropped without losing that provenance.
 
     Example::
 
@@ -280,6 +289,7 @@ class Variant:
     metrics: dict[str, float] = field(default_factory=dict)
     exactness_error: float | None = None
     compaction: dict[str, Any] = field(default_factory=dict)
+    programs: dict[str, Any] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
     devices: dict[str, Any] = field(default_factory=dict)
 
@@ -358,6 +368,46 @@ class Variant:
             raise PortfolioError(str(err)) from None
         fields["files"] = files
         return cls(**fields)
+
+
+def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest as version 2 (a new dict; ``data`` is left as it is).
+
+    Version 1 kept an exported program's provenance (``source_sha256``, ``portable_ops``) inside its host
+    timings, ``host[precision]``; version 2 keeps it in ``programs[precision]``, so that timings can be
+    dropped or measured again without losing where a program comes from. Everything else is the same.
+    Entries that are not what version 1 wrote are left for the schema checks to name.
+
+    Example::
+
+        >>> from lightning_shifter.portfolio import upgrade_manifest
+        >>> old = {"schema_version": 1, "variants": [{"name": "round-00", "host": {"fp32": {
+        ...     "p50_ms": 0.2, "source_sha256": "ab" * 32, "portable_ops": ["aten.cumsum.default"]}}}]}
+        >>> new = upgrade_manifest(old)
+        >>> new["schema_version"], new["variants"][0]["host"], new["variants"][0]["programs"]["fp32"]["portable_ops"]
+        (2, {'fp32': {'p50_ms': 0.2}}, ['aten.cumsum.default'])
+    """
+    upgraded = {**data, "schema_version": 2}
+    for key in ("variants", "skipped"):
+        entries = data.get(key)
+        if isinstance(entries, list):
+            upgraded[key] = [_upgrade_variant(entry) for entry in entries]
+    return upgraded
+
+
+def _upgrade_variant(entry: Any) -> Any:
+    host = entry.get("host") if isinstance(entry, dict) else None
+    if not isinstance(host, dict) or "programs" in entry:  # not what version 1 wrote: leave it to the checks
+        return entry
+    timings, programs = {}, {}
+    for precision, measured in host.items():
+        if isinstance(measured, dict):
+            provenance = {k: measured[k] for k in ("source_sha256", "portable_ops") if k in measured}
+            if provenance:
+                programs[precision] = provenance
+            measured = {k: v for k, v in measured.items() if k not in provenance}
+        timings[precision] = measured
+    return {**entry, "host": timings, "programs": programs}
 
 
 @dataclass
@@ -619,11 +669,14 @@ class Portfolio:
         if not isinstance(data, dict):
             raise PortfolioError(f"{where}: expected a JSON object at the top level")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION or not isinstance(version, int) or isinstance(version, bool):
+        if version not in READABLE_VERSIONS or not isinstance(version, int) or isinstance(version, bool):
+            readable = " or ".join(str(v) for v in READABLE_VERSIONS)
             raise PortfolioError(
                 f"{where}: schema_version {version!r} is not supported (this lightning-shifter reads "
-                f"schema_version {SCHEMA_VERSION}); use the lightning-shifter version that wrote it"
+                f"schema_version {readable}); use the lightning-shifter version that wrote it"
             )
+        if version == 1:
+            data = upgrade_manifest(data)
         spec = data.get("input")
         if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
             raise PortfolioError(f"{where}: 'input' must be an object with a 'shape' list of positive integers")

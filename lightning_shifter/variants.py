@@ -175,7 +175,8 @@ def add_variant(
         previous = portfolio[name] if name in portfolio else None
         if previous is not None and _same_program(portfolio, previous, data):
             # the same model.pt2: its programs, their accuracies and timings stay valid
-            variant.files, variant.host, variant.devices = previous.files, previous.host, previous.devices
+            variant.files, variant.programs = previous.files, previous.programs
+            variant.host, variant.devices = previous.host, previous.devices
             variant.metrics = {**{k: v for k, v in previous.metrics.items() if k in _PROGRAM_METRICS}, **measured}
         else:
             def write() -> dict[str, FileEntry]:

@@ -160,13 +160,13 @@ def test_export_int8_without_data_and_unknown_variants_fail_with_exit_1(exported
 
 
 def test_bench_times_every_program_on_the_host_and_the_native_runner(exported, tmp_path, capsys):
-    before = Portfolio.open(exported)["pruned"].host["fp32"]
+    before = Portfolio.open(exported)["pruned"].programs["fp32"]
     assert main(["bench", str(exported), "--runs", "5", "--warmup", "1", "--runner", "--workdir",
                  str(tmp_path / "runner"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Host ExecuTorch benchmark" in out and "switch vs reload" in out
     variant = Portfolio.open(exported)["pruned"]
-    assert variant.host["fp32"]["source_sha256"] == before["source_sha256"]  # kept what export recorded
+    assert variant.programs["fp32"] == before  # kept what export recorded
     assert variant.host["fp32"]["p50_ms"] > 0
     for precision in ("fp32", "int8"):
         assert variant.devices["host-native"][precision]["p50_ms"] > 0
