@@ -47,7 +47,7 @@ import torch
 
 from lightning_shifter.batches import batch_inputs, class_logits, default_unpack, example_input, top1_accuracy
 from lightning_shifter.errors import ShifterError
-from lightning_shifter.portfolio import PRECISIONS, FileEntry, Portfolio, PortfolioError
+from lightning_shifter.portfolio import PRECISIONS, PROGRAM_ACCURACIES, FileEntry, Portfolio, PortfolioError
 from lightning_shifter.pt2 import load_program
 from lightning_shifter.runtime import measure_program
 
@@ -325,7 +325,7 @@ def _first_line(err: BaseException) -> str:
 # ---------------------------------------------------------------------------------------- portfolio
 def export_portfolio(
     portfolio_dir: str | os.PathLike,
-    precisions: Sequence[str] = ("fp32", "int8"),
+    precisions: Sequence[str] = PRECISIONS,
     calibration_data: Iterable[Any] | None = None,
     validation_data: Iterable[Any] | None = None,
     *,
@@ -469,7 +469,7 @@ def export_portfolio(
             variant.files[report.precision] = outcome.entry
             variant.programs[report.precision] = {"source_sha256": pt2_sha256, "portable_ops": report.portable_ops}
             if report.accuracy is not None:
-                variant.metrics[f"val_acc_{report.precision}"] = report.accuracy
+                variant.metrics[PROGRAM_ACCURACIES[report.precision]] = report.accuracy
             for op in report.portable_ops:
                 undelegated.setdefault(op, []).append(report.precision)
             finished.append(report)
@@ -526,7 +526,7 @@ def _unlist(variant: Any, precisions: Sequence[str]) -> None:
         variant.files.pop(precision, None)
         variant.programs.pop(precision, None)
         variant.host.pop(precision, None)
-        variant.metrics.pop(f"val_acc_{precision}", None)
+        variant.metrics.pop(PROGRAM_ACCURACIES[precision], None)
 
 
 def _save(portfolio: Portfolio, variant: Any = None) -> None:

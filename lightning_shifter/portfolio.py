@@ -194,8 +194,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: The metric an exported program's validation accuracy is recorded under, per precision.
+PROGRAM_ACCURACIES = {precision: f"val_acc_{precision}" for precision in PRECISIONS}
 # the accuracies this package records and reads (Variant.accuracy, the switching policies)
-ACCURACY_METRICS = ("val_acc_sparse", "val_acc_compacted", "val_acc_fp32", "val_acc_int8")
+ACCURACY_METRICS = ("val_acc_sparse", "val_acc_compacted", *PROGRAM_ACCURACIES.values())
 
 
 def _metrics(value: Any, where: str) -> dict[str, float]:
@@ -318,7 +320,7 @@ class Variant:
             >>> v.program_accuracy("fp32"), v.program_accuracy("int8")
             (0.96, 0.95)
         """
-        measured = self.metrics.get(f"val_acc_{precision}")
+        measured = self.metrics.get(PROGRAM_ACCURACIES.get(precision, ""))
         if measured is not None:
             return float(measured)
         return self.accuracy if precision == "fp32" else None

@@ -33,7 +33,15 @@ from torch import Tensor, nn
 from lightning_shifter import masks
 from lightning_shifter.batches import Unpack, default_unpack, top1_accuracy
 from lightning_shifter.compaction import compact, materialized_copy
-from lightning_shifter.portfolio import FileEntry, Portfolio, PortfolioError, Variant, keep_decision, validate_variant_name
+from lightning_shifter.portfolio import (
+    PROGRAM_ACCURACIES,
+    FileEntry,
+    Portfolio,
+    PortfolioError,
+    Variant,
+    keep_decision,
+    validate_variant_name,
+)
 
 
 def variant_name(round: int) -> str:
@@ -177,7 +185,8 @@ def add_variant(
             # the same model.pt2: its programs, their accuracies and timings stay valid
             variant.files, variant.programs = previous.files, previous.programs
             variant.host, variant.devices = previous.host, previous.devices
-            variant.metrics = {**{k: v for k, v in previous.metrics.items() if k in _PROGRAM_METRICS}, **measured}
+            kept = {k: v for k, v in previous.metrics.items() if k in PROGRAM_ACCURACIES.values()}
+            variant.metrics = {**kept, **measured}
         else:
             def write() -> dict[str, FileEntry]:
                 return {"pt2": portfolio.write_file(name, "pt2", data)}
@@ -186,10 +195,6 @@ def add_variant(
     # leaves it missing (and redone on resume), never listed with a file that fails its sha256
     portfolio.admit(variant, keep, write)
     return variant
-
-
-# accuracies export_portfolio measures on a variant's programs
-_PROGRAM_METRICS = ("val_acc_fp32", "val_acc_int8")
 
 
 def _program_bytes(program: torch.export.ExportedProgram) -> bytes:

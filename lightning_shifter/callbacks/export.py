@@ -53,7 +53,7 @@ class ExecuTorchExport(Callback):
 
     def __init__(
         self,
-        precisions: Sequence[str] = ("fp32", "int8"),
+        precisions: Sequence[str] = PRECISIONS,
         portfolio_dir: str | os.PathLike | None = None,
         calibration_batches: int = 32,
         validate: bool = True,
