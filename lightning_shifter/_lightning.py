@@ -102,6 +102,28 @@ def timer_duration(timer: Any) -> float | None:
     return _private(timer, "_duration", "callbacks.Timer._duration")
 
 
+def adopt_class_keyed_state(callback: Any, checkpoint: dict[str, Any]) -> None:
+    """Call from a callback's ``on_load_checkpoint``: a state that a checkpoint of an earlier version keyed
+    by the class name alone is taken as this callback's (its ``state_key`` names more now). Lightning
+    restores the callbacks' states from ``checkpoint`` right after that hook; it falls back on the class
+    itself as a key, never on its name.
+
+    Example::
+
+        >>> from lightning_shifter import Compaction
+        >>> from lightning_shifter._lightning import adopt_class_keyed_state
+        >>> checkpoint = {"callbacks": {"Compaction": {"saved_rounds": [0, 1]}}}
+        >>> callback = Compaction("portfolio/")
+        >>> adopt_class_keyed_state(callback, checkpoint)
+        >>> checkpoint["callbacks"][callback.state_key]
+        {'saved_rounds': [0, 1]}
+    """
+    states = checkpoint.get("callbacks") or {}
+    name = type(callback).__qualname__
+    if callback.state_key not in states and name in states:
+        states[callback.state_key] = states[name]
+
+
 def on_rank_zero(trainer: Any, work: Callable[[], T], what: str) -> T | None:
     """Run ``work()`` on global rank 0 while every rank waits for it; all go on together, or all stop.
 

@@ -17,6 +17,7 @@ import lightning_shifter.device
 
 # every module of the package whose docstrings hold examples
 MODULES = [
+    "lightning_shifter._lightning",
     "lightning_shifter.batches",
     "lightning_shifter.cli",
     "lightning_shifter.cli.common",

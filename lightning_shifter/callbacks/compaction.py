@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_shifter._lightning import Callback, MisconfigurationException, on_rank_zero, val_data_source
+from lightning_shifter._lightning import (
+    Callback,
+    MisconfigurationException,
+    adopt_class_keyed_state,
+    on_rank_zero,
+    val_data_source,
+)
 from lightning_shifter.batches import default_unpack, example_input, first_loader
 from lightning_shifter.imp import IterativeMagnitudePruning
 from lightning_shifter.portfolio import KEEP_POLICIES, MANIFEST_NAME, Portfolio, PortfolioError
@@ -220,11 +226,7 @@ class Compaction(Callback):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key not in states and type(self).__qualname__ in states:
-            # written before the key named the folder, by the one Compaction a Trainer could then hold;
-            # Lightning restores the state from here right after this hook
-            states[self.state_key] = states[type(self).__qualname__]
+        adopt_class_keyed_state(self, checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         return {"saved_rounds": list(self.saved_rounds)}

@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_shifter._lightning import Callback, MisconfigurationException, on_rank_zero
+from lightning_shifter._lightning import Callback, MisconfigurationException, adopt_class_keyed_state, on_rank_zero
 from lightning_shifter.batches import first_loader
 from lightning_shifter.export import export_portfolio
 from lightning_shifter.portfolio import PRECISIONS
@@ -117,6 +117,10 @@ class ExecuTorchExport(Callback):
         # several exporters in one Trainer (of other portfolios, or precisions) keep their states apart
         return self._generate_state_key(portfolio_dir=None if self.portfolio_dir is None else str(self.portfolio_dir),
                                         precisions=list(self.precisions))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        adopt_class_keyed_state(self, checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_export": self.last_export}
