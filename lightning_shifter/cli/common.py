@@ -26,9 +26,10 @@ class CommandError(ShifterError):
 
 
 def rich_console() -> Any:
+    """A rich console on the ``sys.stdout`` of this moment (made per call, so that tests can capture it);
+    logs and pipes get wide tables."""
     from rich.console import Console
 
-    # created per call: it writes to the sys.stdout of that moment; logs and pipes get wide tables
     return Console(width=None if sys.stdout.isatty() else 180)
 
 
