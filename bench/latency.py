@@ -32,7 +32,8 @@ from export import MODELS, SHAPE, build_portfolios  # noqa: E402  (bench/export.
 
 from lightning_shifter.export import export_portfolio  # noqa: E402
 from lightning_shifter.portfolio import Portfolio  # noqa: E402
-from lightning_shifter.runtime import example_input, load_method  # noqa: E402
+from lightning_shifter.batches import example_input  # noqa: E402
+from lightning_shifter.runtime import load_method  # noqa: E402
 
 
 def percentile(samples: list[float], q: int) -> float:

@@ -65,7 +65,8 @@ from lightning_shifter.criteria import ChannelAwareMagnitude, magnitude  # noqa:
 from lightning_shifter.demo import DigitsDataModule  # noqa: E402
 from lightning_shifter.export import export_portfolio  # noqa: E402
 from lightning_shifter.portfolio import Portfolio, Variant, keep_decision  # noqa: E402
-from lightning_shifter.runtime import example_input, load_method  # noqa: E402
+from lightning_shifter.batches import example_input  # noqa: E402
+from lightning_shifter.runtime import load_method  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE_SIZE = 5.14  # DNNShifter: compacted variants up to 5.14x smaller ...

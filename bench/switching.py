@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def rss_child(paths: list[str]) -> None:
     """In a fresh process: resident set growth (KiB) from loading ``paths`` and running each once."""
-    from lightning_shifter.runtime import example_input, load_method
+    from lightning_shifter.batches import example_input
+    from lightning_shifter.runtime import load_method
 
     x = [example_input(json.loads(os.environ["BENCH_SHAPE"]))]
     # the runtime's own first-use allocations are not the models': a tiny program of its own takes them
@@ -105,7 +106,8 @@ def main() -> None:
 
     from lightning_shifter.export import export_portfolio
     from lightning_shifter.portfolio import Portfolio
-    from lightning_shifter.runtime import Switcher, example_input, load_method
+    from lightning_shifter.batches import example_input
+    from lightning_shifter.runtime import Switcher, load_method
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18", choices=sorted(MODELS))

@@ -29,13 +29,13 @@ _EXPORTS = {
     "add_variant": "lightning_shifter.variants",
     "Switcher": "lightning_shifter.runtime",
     "SwitchError": "lightning_shifter.runtime",
-    "LatencyBudget": "lightning_shifter.runtime",
-    "MemoryBudget": "lightning_shifter.runtime",
-    "MinAccuracy": "lightning_shifter.runtime",
-    "AllOf": "lightning_shifter.runtime",
-    "CpuLoadSignal": "lightning_shifter.runtime",
-    "ScheduleSignal": "lightning_shifter.runtime",
-    "PowerThermalSignal": "lightning_shifter.runtime",
+    "LatencyBudget": "lightning_shifter.policy",
+    "MemoryBudget": "lightning_shifter.policy",
+    "MinAccuracy": "lightning_shifter.policy",
+    "AllOf": "lightning_shifter.policy",
+    "CpuLoadSignal": "lightning_shifter.signals",
+    "ScheduleSignal": "lightning_shifter.signals",
+    "PowerThermalSignal": "lightning_shifter.signals",
     "write_report": "lightning_shifter.report",
 }
 
@@ -56,17 +56,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_shifter.compaction import CompactionError, CompactionResult, compact
     from lightning_shifter.export import ExportError, ExportReport, export_portfolio
     from lightning_shifter.imp import IterativeMagnitudePruning, RoundRecord
+    from lightning_shifter.policy import AllOf, LatencyBudget, MemoryBudget, MinAccuracy
     from lightning_shifter.portfolio import Portfolio, PortfolioError, Variant
     from lightning_shifter.report import write_report
-    from lightning_shifter.runtime import (
-        AllOf,
-        CpuLoadSignal,
-        LatencyBudget,
-        MemoryBudget,
-        MinAccuracy,
-        PowerThermalSignal,
-        ScheduleSignal,
-        Switcher,
-        SwitchError,
-    )
+    from lightning_shifter.runtime import Switcher, SwitchError
+    from lightning_shifter.signals import CpuLoadSignal, PowerThermalSignal, ScheduleSignal
     from lightning_shifter.variants import add_variant

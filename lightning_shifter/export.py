@@ -5,8 +5,9 @@ For each variant's ``model.pt2`` this writes ``model.pte`` (fp32) and optionally
 is listed in the manifest only after it passed its check: fp32 must match the PyTorch variant within
 a tight tolerance on the same inputs, int8 must keep its accuracy on validation data within a given
 drop (or agree with the PyTorch variant's top-1 on the check inputs when no labels are given).
-Manifest entries record sizes, sha256, accuracies (``val_acc_fp32``, ``val_acc_int8``) and host
-timings (``host[precision] = {load_ms, p50_ms, p90_ms}``).
+Manifest entries record sizes, sha256, accuracies (``val_acc_fp32``, ``val_acc_int8``), where each
+program comes from (``programs[precision] = {source_sha256, portable_ops}``) and host timings
+(``host[precision] = {load_ms, p50_ms, p90_ms}``).
 
 Re-running is cheap: a program whose ``.pt2`` is unchanged (by sha256) since it was exported and
 whose file still matches its hash is skipped; a program whose file is damaged is exported again.
@@ -44,9 +45,11 @@ from typing import Any
 
 import torch
 
-from lightning_shifter.portfolio import FileEntry, Portfolio, PortfolioError
+from lightning_shifter.batches import batch_inputs, class_logits, default_unpack, example_input, top1_accuracy
+from lightning_shifter.errors import ShifterError
+from lightning_shifter.portfolio import PRECISIONS, PROGRAM_ACCURACIES, FileEntry, Portfolio, PortfolioError
 from lightning_shifter.pt2 import load_program
-from lightning_shifter.runtime import PRECISIONS, example_input, measure_program
+from lightning_shifter.runtime import measure_program
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 _GLUE_OPS = {"executorch_call_delegate", "getitem"}
 
 
-class ExportError(RuntimeError):
+class ExportError(ShifterError, RuntimeError):
     """The export cannot go on (e.g. the disk is full); what was recorded before stays valid."""
 
 
@@ -192,24 +195,15 @@ class _Outcome:
     entry: FileEntry | None = None
 
 
-def _top1(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    logits = outputs[0]
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(
-            f"accuracy needs class logits of shape [batch, classes >= 2] as the first output, got {list(logits.shape)}; "
-            "export without validation_data for models that are not classifiers"
-        )
-    return logits.argmax(dim=1)
+_NOT_A_CLASSIFIER = "export without validation_data for models that are not classifiers"
 
 
-def _accuracy(run: Any, validation: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
-    if not validation:
-        return None
-    correct = total = 0
-    for x, y in validation:
-        correct += int((_top1(run(x)) == y).sum())
-        total += y.numel()
-    return correct / total
+def _top1(outputs: Sequence[torch.Tensor], what: str) -> torch.Tensor:
+    return class_logits(outputs, what, _NOT_A_CLASSIFIER).argmax(dim=1)
+
+
+def _accuracy(run: Any, validation: Sequence[tuple[torch.Tensor, torch.Tensor]], what: str) -> float | None:
+    return top1_accuracy(run, validation, what=what, remedy=_NOT_A_CLASSIFIER) if validation else None
 
 
 def _export_variant(job: _Job) -> list[_Outcome]:
@@ -237,7 +231,7 @@ def _export_variant(job: _Job) -> list[_Outcome]:
         error = (f"variant {job.name!r} model.pt2 does not run on the portfolio's input ({type(err).__name__}: "
                  f"{_first_line(err)}); recreate the variant")
         return [_Outcome(ProgramReport(job.name, p, "failed", error=error)) for p in job.precisions]
-    reference_accuracy = _accuracy(run_reference, job.validation)
+    reference_accuracy = _accuracy(run_reference, job.validation, "the PyTorch variant")
     outcomes = []
     for precision in job.precisions:
         start = time.perf_counter()
@@ -287,9 +281,9 @@ def _check(precision: str, run_program: Any, run_reference: Any, job: _Job, expe
                     report.max_abs_error = error
                     return f"max |program - PyTorch| = {error:.3g} exceeds the tolerance {limit:.3g}"
         report.max_abs_error = worst
-        report.accuracy = _accuracy(run_program, job.validation)
+        report.accuracy = _accuracy(run_program, job.validation, "the program")
         return None
-    report.accuracy = _accuracy(run_program, job.validation)
+    report.accuracy = _accuracy(run_program, job.validation, "the program")
     if report.accuracy is not None:
         drop = report.reference_accuracy - report.accuracy
         if drop > job.int8_max_accuracy_drop:
@@ -298,7 +292,8 @@ def _check(precision: str, run_program: Any, run_reference: Any, job: _Job, expe
                     "on more representative data or raise int8_max_accuracy_drop")
         return None
     # no labels: compare top-1 with the PyTorch variant on real (calibration) inputs
-    agree = [bool((_top1(run_program(x)) == _top1(run_reference(x))).all()) for x in job.calibration]
+    agree = [bool((_top1(run_program(x), "the program") == _top1(run_reference(x), "the PyTorch variant")).all())
+             for x in job.calibration]
     agreement = sum(agree) / len(agree)
     if agreement < 1.0 - job.int8_max_accuracy_drop:
         return (f"int8 top-1 agrees with the PyTorch variant on {agreement:.0%} of the calibration inputs "
@@ -330,7 +325,7 @@ def _first_line(err: BaseException) -> str:
 # ---------------------------------------------------------------------------------------- portfolio
 def export_portfolio(
     portfolio_dir: str | os.PathLike,
-    precisions: Sequence[str] = ("fp32", "int8"),
+    precisions: Sequence[str] = PRECISIONS,
     calibration_data: Iterable[Any] | None = None,
     validation_data: Iterable[Any] | None = None,
     *,
@@ -396,8 +391,8 @@ def export_portfolio(
         >>> [(p.name, p.precision, p.status) for p in report.programs]
         [('round-00', 'fp32', 'exported'), ('round-00', 'int8', 'exported')]
         >>> variant = Portfolio.open(portfolio.root)["round-00"]
-        >>> sorted(variant.files), sorted(variant.host["fp32"])
-        (['fp32', 'int8', 'pt2'], ['load_ms', 'p50_ms', 'p90_ms', 'portable_ops', 'source_sha256'])
+        >>> sorted(variant.files), sorted(variant.programs["fp32"]), sorted(variant.host["fp32"])
+        (['fp32', 'int8', 'pt2'], ['portable_ops', 'source_sha256'], ['load_ms', 'p50_ms', 'p90_ms'])
         >>> [p.status for p in export_portfolio(portfolio.root, precisions=("fp32",)).programs]
         ['skipped']
     """
@@ -416,7 +411,7 @@ def export_portfolio(
     if calibration_data is not None:
         calibration = []
         for batch in calibration_data:
-            calibration.extend(_split(_inputs_of(batch), shape, dtype, "calibration_data"))
+            calibration.extend(_split(batch_inputs(batch), shape, dtype, "calibration_data"))
             if len(calibration) >= calibration_batches:
                 break
         calibration = calibration[:calibration_batches]
@@ -472,9 +467,9 @@ def export_portfolio(
                 portfolio.delete_file(report.name, report.precision)  # unlisted and saved before the jobs ran
                 continue
             variant.files[report.precision] = outcome.entry
-            variant.host[report.precision] = {"source_sha256": pt2_sha256, "portable_ops": report.portable_ops}
+            variant.programs[report.precision] = {"source_sha256": pt2_sha256, "portable_ops": report.portable_ops}
             if report.accuracy is not None:
-                variant.metrics[f"val_acc_{report.precision}"] = report.accuracy
+                variant.metrics[PROGRAM_ACCURACIES[report.precision]] = report.accuracy
             for op in report.portable_ops:
                 undelegated.setdefault(op, []).append(report.precision)
             finished.append(report)
@@ -488,7 +483,7 @@ def export_portfolio(
         example = [example_input(shape, dtype)]
         for report in finished:
             timing = measure_program(portfolio.file_path(report.name, report.precision), example, warmup, runs)
-            portfolio[report.name].host[report.precision].update(timing.to_json())
+            portfolio[report.name].host[report.precision] = timing.to_json()
         if finished:
             _save(portfolio)
     order = {(n, p): i for i, (n, p) in enumerate((n, p) for n in names for p in precisions)}
@@ -510,7 +505,7 @@ def _run(jobs: list[_Job], workers: int) -> Iterable[list[_Outcome]]:
 
 def _up_to_date(portfolio: Portfolio, variant: Any, precision: str) -> bool:
     """Exported from the current model.pt2, and its file intact (a damaged one is exported again)."""
-    recorded = variant.host.get(precision, {})
+    recorded = variant.programs.get(precision, {})
     if precision not in variant.files or recorded.get("source_sha256") != variant.files["pt2"].sha256:
         return False
     try:
@@ -522,15 +517,16 @@ def _up_to_date(portfolio: Portfolio, variant: Any, precision: str) -> bool:
 
 
 def _stale(variant: Any, precision: str) -> bool:
-    source = variant.host.get(precision, {}).get("source_sha256")
+    source = variant.programs.get(precision, {}).get("source_sha256")
     return precision in variant.files and source is not None and source != variant.files["pt2"].sha256
 
 
 def _unlist(variant: Any, precisions: Sequence[str]) -> None:
     for precision in precisions:
         variant.files.pop(precision, None)
+        variant.programs.pop(precision, None)
         variant.host.pop(precision, None)
-        variant.metrics.pop(f"val_acc_{precision}", None)
+        variant.metrics.pop(PROGRAM_ACCURACIES[precision], None)
 
 
 def _save(portfolio: Portfolio, variant: Any = None) -> None:
@@ -567,16 +563,6 @@ def _check_arguments(precisions: Sequence[str], calibration_data: Any, validatio
     return precisions
 
 
-def _inputs_of(batch: Any) -> torch.Tensor:
-    x = batch if isinstance(batch, torch.Tensor) else batch[0] if isinstance(batch, (tuple, list)) and batch else None
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(
-            f"cannot take an input tensor from a batch of type {type(batch).__name__}: give batches that are "
-            "tensors or (inputs, targets, ...) sequences"
-        )
-    return x
-
-
 def _split(x: torch.Tensor, shape: tuple[int, ...], dtype: str, what: str) -> list[torch.Tensor]:
     """Cut a data batch into inputs of the programs' fixed shape (a remainder is left out)."""
     if tuple(x.shape[1:]) != shape[1:] or x.dtype != getattr(torch, dtype):
@@ -589,8 +575,6 @@ def _split(x: torch.Tensor, shape: tuple[int, ...], dtype: str, what: str) -> li
 
 
 def _split_labelled(batch: Any, shape: tuple[int, ...], dtype: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from lightning_shifter.variants import default_unpack
-
     x, y = default_unpack(batch)
     inputs = _split(x, shape, dtype, "validation_data")
     step = shape[0]

@@ -57,7 +57,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_shifter import masks as M
-from lightning_shifter._lightning import Callback, MisconfigurationException, classes, package_of
+from lightning_shifter._lightning import Callback, MisconfigurationException, classes, package_of, timer_duration
 from lightning_shifter.criteria import Criterion, describe, magnitude
 from lightning_shifter.portfolio import atomic_write
 
@@ -149,7 +149,9 @@ class IterativeMagnitudePruning(Callback):
             layer (BatchNorm / InstanceNorm) that directly reads a filter or neuron once it is
             entirely pruned, so that channel outputs exact zeros and compaction can remove it.
         summary_file: JSON file of the per-round records, rewritten after every round by rank 0;
-            a relative path is resolved against ``trainer.log_dir``. ``None`` writes nothing.
+            a relative path is resolved against the logger's folder (``trainer.log_dir``), without a
+            logger against ``Trainer(default_root_dir=...)``; with neither, a relative path writes
+            nothing (Lightning's fallback is the current folder). ``None`` writes nothing.
         verbose: print a table of the rounds at the end of fit (rank 0).
         criterion: how weights are scored before the globally highest ``density`` of them are kept
             (:mod:`lightning_shifter.criteria`). :func:`~lightning_shifter.criteria.magnitude`
@@ -333,7 +335,7 @@ class IterativeMagnitudePruning(Callback):
                     "(IterativeMagnitudePruning stops the fit itself after round "
                     f"{self.num_rounds}; pick the variant you want from the per-round records instead)"
                 )
-            if isinstance(callback, classes("callbacks.Timer")) and callback._duration is not None:
+            if isinstance(callback, classes("callbacks.Timer")) and timer_duration(callback) is not None:
                 raise MisconfigurationException(
                     "a Timer with a duration (Trainer(max_time=...)) could cut the pruning rounds short: "
                     "remove max_time / the Timer, or lower rounds or epochs_per_round to fit your time budget"
@@ -555,8 +557,10 @@ class IterativeMagnitudePruning(Callback):
                  "imp/target_density": record.target_density, "imp/seconds": record.seconds},
                 step=trainer.global_step,
             )
+        # trainer.log_dir is a collective call: every rank asks, rank 0 writes
+        log_dir = trainer.log_dir if self.summary_file is not None and trainer.loggers else None
         if trainer.is_global_zero:
-            self._write_summary(trainer)
+            self._write_summary(trainer, log_dir)
         for callback in trainer.callbacks:
             listener = getattr(callback, "on_pruning_round_end", None)
             if callback is not self and callable(listener):
@@ -684,7 +688,7 @@ class IterativeMagnitudePruning(Callback):
             handle.remove()
         self._hooks = []
 
-    def _write_summary(self, trainer: pl.Trainer) -> None:
+    def _write_summary(self, trainer: pl.Trainer, log_dir: str | None) -> None:
         if self.summary_file is None:
             return
         path = Path(self.summary_file)
@@ -692,7 +696,10 @@ class IterativeMagnitudePruning(Callback):
         if began is not None and began.match(str(path)) and began.parent.is_dir():
             path = began  # a resumed fit logs to a new version folder: go on with the file the schedule began
         elif not path.is_absolute():
-            path = Path(trainer.log_dir or trainer.default_root_dir) / path
+            folder = Path(log_dir or trainer.default_root_dir)
+            if log_dir is None and folder.resolve() == Path.cwd().resolve():
+                return  # no logger and no default_root_dir: Lightning's fallback, the current folder, is nobody's
+            path = folder / path
         self._summary_path = os.path.abspath(path)
         payload = {"target_densities": self.target_densities, "epochs_per_round": self.epochs_per_round,
                    "rewind_step": self.rewind_step, "rounds": [r.to_dict() for r in self.records]}

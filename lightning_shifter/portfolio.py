@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from lightning_shifter.errors import ShifterError
 from lightning_shifter.schema import (
     SchemaError,
     anything,
@@ -66,12 +67,20 @@ from lightning_shifter.schema import (
     text,
 )
 
-SCHEMA_VERSION = 1
+#: The manifest version this package writes. Version 1 (before provenance left the timings: see
+#: :func:`upgrade_manifest`) is read too.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
-# role -> file name inside the variant's folder
+#: The precisions a variant's ExecuTorch programs come in (a file role each; the native runner's
+#: ``--precision`` takes the same names).
+PRECISIONS = ("fp32", "int8")
+# role -> file name inside the variant's folder: the torch.export program, then one per precision
 FILE_NAMES = {"pt2": "model.pt2", "fp32": "model.pte", "int8": "model_int8.pte"}
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+#: The input dtypes a portfolio may declare (the Python side runs them all; the native runner feeds
+#: float32 only and refuses a portfolio of another dtype when it starts).
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
 #: Which variants a portfolio keeps as rounds arrive (see :func:`keep_decision`).
 KEEP_POLICIES = ("all", "distinct", "pareto")
@@ -84,7 +93,7 @@ _TEMPORARY = re.compile(r"\.(?P<final>.+?)\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]{8,}\
 _LEGACY_TEMPORARY_AGE_S = 3600.0  # a temporary without a pid is stale once this old
 
 
-class PortfolioError(Exception):
+class PortfolioError(ShifterError):
     """A portfolio directory or manifest that cannot be used as it is."""
 
 
@@ -185,8 +194,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: The metric an exported program's validation accuracy is recorded under, per precision.
+PROGRAM_ACCURACIES = {precision: f"val_acc_{precision}" for precision in PRECISIONS}
 # the accuracies this package records and reads (Variant.accuracy, the switching policies)
-ACCURACY_METRICS = ("val_acc_sparse", "val_acc_compacted", "val_acc_fp32", "val_acc_int8")
+ACCURACY_METRICS = ("val_acc_sparse", "val_acc_compacted", *PROGRAM_ACCURACIES.values())
 
 
 def _metrics(value: Any, where: str) -> dict[str, float]:
@@ -202,8 +213,11 @@ def _metrics(value: Any, where: str) -> dict[str, float]:
 _MEASURE_MAX = 1e12  # any time (ms, us), memory (KiB) or ratio recorded; arithmetic on it cannot overflow
 _MS = number(low=0.0, high=_MEASURE_MAX)
 _COUNT = integer()
-_TIMING = record({"load_ms": _MS, "p50_ms": _MS, "p90_ms": _MS,  # host timings per precision
-                  "source_sha256": text(64, _SHA256_PATTERN), "portable_ops": listing(text(256))})
+_TIMING = record({"load_ms": _MS, "p50_ms": _MS, "p90_ms": _MS})  # host timings per precision
+_PROGRAM = record({  # where an exported program comes from (provenance), per precision
+    "source_sha256": text(64, _SHA256_PATTERN),  # the model.pt2 it was exported from
+    "portable_ops": listing(text(256)),  # ops XNNPACK left to ExecuTorch's portable kernels
+})
 _DEVICE_TIMING = record({  # a variant measured on a device (lightning_shifter.device.VariantBench)
     **{key: number(low=0.0, high=_MEASURE_MAX, nullable=True) for key in (
         "load_ms", "first_infer_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "reload_ms", "reload_first_infer_ms",
@@ -227,6 +241,7 @@ VARIANT_FIELDS = {
         "max_abs_error": number(low=0.0), "float64_error": number(low=0.0, nullable=True),
         "unsupported": listing(text(1024)), "layers": listing(_LAYER),
     }),
+    "programs": mapping(text(64), _PROGRAM),
     "host": mapping(text(64), _TIMING),
     "devices": mapping(_DEVICE_ID, record({"facts": _FACTS}, others=_DEVICE_TIMING)),
 }
@@ -247,8 +262,10 @@ class Variant:
 
     ``density`` is nonzero / original prunable weights of the sparse model it came from; ``params``
     and ``macs`` describe the compacted model. ``metrics`` holds accuracies such as
-    ``val_acc_sparse``, ``val_acc_compacted`` and ``val_acc_int8``; ``host`` and ``devices`` hold
-    latency and memory measurements per precision (``devices`` keyed by device id).
+    ``val_acc_sparse``, ``val_acc_compacted`` and ``val_acc_int8``; ``programs`` says where each
+    exported program comes from (``source_sha256``: the ``model.pt2`` it was exported from;
+    ``portable_ops``) per precision; ``host`` and ``devices`` hold latency and memory measurements per
+    precision (``devices`` keyed by device id), which can be dropped without losing that provenance.
 
     Example::
 
@@ -274,6 +291,7 @@ class Variant:
     metrics: dict[str, float] = field(default_factory=dict)
     exactness_error: float | None = None
     compaction: dict[str, Any] = field(default_factory=dict)
+    programs: dict[str, Any] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
     devices: dict[str, Any] = field(default_factory=dict)
 
@@ -287,6 +305,25 @@ class Variant:
             if key in self.metrics:
                 return float(self.metrics[key])
         return None
+
+    def program_accuracy(self, precision: str) -> float | None:
+        """The accuracy of the variant's ``precision`` program, what switching policies rank it by:
+        measured on that program (``val_acc_<precision>``, when it was exported with validation data),
+        else for fp32 :attr:`accuracy` (the fp32 program computes the compacted model's function);
+        None where unknown.
+
+        Example::
+
+            >>> from lightning_shifter.portfolio import Variant
+            >>> v = Variant("round-02", round=2, density=0.64, params=1200, macs=45000,
+            ...             metrics={"val_acc_compacted": 0.96, "val_acc_int8": 0.95})
+            >>> v.program_accuracy("fp32"), v.program_accuracy("int8")
+            (0.96, 0.95)
+        """
+        measured = self.metrics.get(PROGRAM_ACCURACIES.get(precision, ""))
+        if measured is not None:
+            return float(measured)
+        return self.accuracy if precision == "fp32" else None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -333,6 +370,46 @@ class Variant:
             raise PortfolioError(str(err)) from None
         fields["files"] = files
         return cls(**fields)
+
+
+def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest as version 2 (a new dict; ``data`` is left as it is).
+
+    Version 1 kept an exported program's provenance (``source_sha256``, ``portable_ops``) inside its host
+    timings, ``host[precision]``; version 2 keeps it in ``programs[precision]``, so that timings can be
+    dropped or measured again without losing where a program comes from. Everything else is the same.
+    Entries that are not what version 1 wrote are left for the schema checks to name.
+
+    Example::
+
+        >>> from lightning_shifter.portfolio import upgrade_manifest
+        >>> old = {"schema_version": 1, "variants": [{"name": "round-00", "host": {"fp32": {
+        ...     "p50_ms": 0.2, "source_sha256": "ab" * 32, "portable_ops": ["aten.cumsum.default"]}}}]}
+        >>> new = upgrade_manifest(old)
+        >>> new["schema_version"], new["variants"][0]["host"], new["variants"][0]["programs"]["fp32"]["portable_ops"]
+        (2, {'fp32': {'p50_ms': 0.2}}, ['aten.cumsum.default'])
+    """
+    upgraded = {**data, "schema_version": 2}
+    for key in ("variants", "skipped"):
+        entries = data.get(key)
+        if isinstance(entries, list):
+            upgraded[key] = [_upgrade_variant(entry) for entry in entries]
+    return upgraded
+
+
+def _upgrade_variant(entry: Any) -> Any:
+    host = entry.get("host") if isinstance(entry, dict) else None
+    if not isinstance(host, dict) or "programs" in entry:  # not what version 1 wrote: leave it to the checks
+        return entry
+    timings, programs = {}, {}
+    for precision, measured in host.items():
+        if isinstance(measured, dict):
+            provenance = {k: measured[k] for k in ("source_sha256", "portable_ops") if k in measured}
+            if provenance:
+                programs[precision] = provenance
+            measured = {k: v for k, v in measured.items() if k not in provenance}
+        timings[precision] = measured
+    return {**entry, "host": timings, "programs": programs}
 
 
 @dataclass
@@ -594,11 +671,14 @@ class Portfolio:
         if not isinstance(data, dict):
             raise PortfolioError(f"{where}: expected a JSON object at the top level")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION or not isinstance(version, int) or isinstance(version, bool):
+        if version not in READABLE_VERSIONS or not isinstance(version, int) or isinstance(version, bool):
+            readable = " or ".join(str(v) for v in READABLE_VERSIONS)
             raise PortfolioError(
                 f"{where}: schema_version {version!r} is not supported (this lightning-shifter reads "
-                f"schema_version {SCHEMA_VERSION}); use the lightning-shifter version that wrote it"
+                f"schema_version {readable}); use the lightning-shifter version that wrote it"
             )
+        if version == 1:
+            data = upgrade_manifest(data)
         spec = data.get("input")
         if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
             raise PortfolioError(f"{where}: 'input' must be an object with a 'shape' list of positive integers")
@@ -668,7 +748,7 @@ class Portfolio:
         if role not in variant.files:
             raise PortfolioError(
                 f"variant {name!r} has no {role!r} file (it has {sorted(variant.files) or 'none'}); "
-                + ("export the portfolio first" if role in ("fp32", "int8") else "recreate the variant")
+                + ("export the portfolio first" if role in PRECISIONS else "recreate the variant")
             )
         return self._resolve(variant.files[role].path, f"variant {name!r} {role}")
 

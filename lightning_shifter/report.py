@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -118,15 +117,6 @@ def write_report(
     page = out / "index.html"
     page.write_text(_html(portfolio, figures, out, notes), encoding="utf-8")
     return page
-
-
-def load_session(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a switching-session log written as JSON (a list of events, or ``{"events": [...]}``)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    events = data.get("events") if isinstance(data, dict) else data
-    if not isinstance(events, list) or not all(isinstance(e, dict) and "t" in e and "variant" in e for e in events):
-        raise ValueError(f"{path}: expected a list of events with at least 't' and 'variant'")
-    return events
 
 
 # ----------------------------------------------------------------------------- figures

@@ -1,16 +1,19 @@
-"""Host-side switching between the variants of an exported portfolio.
+"""Host-side switching between the variants of an exported portfolio, on the ExecuTorch runtime.
 
 The :class:`Switcher` opens a portfolio, verifies every file's sha256, trial-loads every program in
 a forked child (:mod:`lightning_shifter.trial`: a program that would crash the runtime is an error,
 not the end of this process), preloads every variant's ExecuTorch program (memory-mapped) and
 keeps its ``forward`` method loaded, so moving to another variant is a pointer swap instead of a
-load from storage. Which variant runs is decided by a
-:class:`Policy` from measured latencies, recorded accuracies and the current *conditions*: a dict of
-floats merged from pluggable signals (CPU load, a latency budget that changes over time, battery and
-thermal state).
+load from storage. Which variant runs is decided by a policy (:mod:`lightning_shifter.policy`) from
+measured latencies, recorded accuracies and the current *conditions*: a dict of floats merged from
+pluggable signals (:mod:`lightning_shifter.signals`: CPU load, a latency budget that changes over
+time, battery and thermal state). :func:`load_method` and :func:`measure_program` load and time one
+program (the exporter and ``lightning-shifter bench`` use them too).
 
 This is deployment code: it imports ``lightning_shifter.portfolio`` and ``executorch.runtime`` only,
-never Lightning, the exporter or training code.
+never Lightning, the exporter or training code. The policy and signal names are importable from here
+as well (``from lightning_shifter.runtime import LatencyBudget``), as they were before they got
+modules of their own.
 
 Example (a portfolio exported by ``export_portfolio``)::
 
@@ -25,400 +28,37 @@ Example (a portfolio exported by ``export_portfolio``)::
 
 from __future__ import annotations
 
-import glob
 import logging
-import math
 import os
 import statistics
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
 import torch
 from executorch.runtime import Method, Runtime
 
-from lightning_shifter.portfolio import Portfolio, PortfolioError
+from lightning_shifter.batches import example_input
+from lightning_shifter.errors import ShifterError
+from lightning_shifter.policy import (  # noqa: F401  (re-exported: their names' home before the split)
+    AllOf,
+    Constraint,
+    Decision,
+    LatencyBudget,
+    MemoryBudget,
+    MinAccuracy,
+    Option,
+    Policy,
+    most_accurate,
+)
+from lightning_shifter.portfolio import PRECISIONS, Portfolio, PortfolioError
+from lightning_shifter.signals import CpuLoadSignal, PowerThermalSignal, ScheduleSignal, Signal  # noqa: F401
 from lightning_shifter.trial import trial_load
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "int8")
-
-
-# ---------------------------------------------------------------------------------------- choices
-@dataclass(frozen=True)
-class Option:
-    """One runnable program: a variant at one precision, with what is known about its cost."""
-
-    name: str
-    precision: str
-    accuracy: float | None
-    latency_ms: float
-    memory_mb: float | None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The program a policy chose, and why (the reason ends up in the switch log)."""
-
-    name: str
-    precision: str
-    reason: str
-
-
-@runtime_checkable
-class Policy(Protocol):
-    def choose(self, options: Sequence[Option], conditions: Mapping[str, float]) -> Decision: ...
-
-
-def _most_accurate(options: Sequence[Option]) -> Option:
-    # unknown accuracy ranks last; ties go to the faster program
-    return max(options, key=lambda o: (-math.inf if o.accuracy is None else o.accuracy, -o.latency_ms))
-
-
-def _fastest(options: Sequence[Option]) -> Option:
-    return min(options, key=lambda o: (o.latency_ms, -math.inf if o.accuracy is None else -o.accuracy))
-
-
-def _smallest(options: Sequence[Option]) -> Option:
-    return min(options, key=lambda o: (math.inf if o.memory_mb is None else o.memory_mb, o.latency_ms))
-
-
-_OBJECTIVES: dict[str, Callable[[Sequence[Option]], Option]] = {
-    "accuracy": _most_accurate,
-    "latency": _fastest,
-    "memory": _smallest,
-}
-
-
-def _describe(option: Option) -> str:
-    acc = "unknown" if option.accuracy is None else f"{option.accuracy:.4f}"
-    mem = "" if option.memory_mb is None else f", {option.memory_mb:.2f} MB"
-    return f"{option.name}/{option.precision} (acc {acc}, {option.latency_ms:.3f} ms{mem})"
-
-
-class Constraint(ABC):
-    """A limit read from the conditions; options over it are not admitted.
-
-    Subclasses set ``key`` (the condition it reads), ``objective`` (what to maximise among admitted
-    options when used alone) and ``fallback`` (what to pick when nothing is admitted). A constraint
-    whose key is absent from the conditions admits everything. Combine constraints with ``&``
-    (:class:`AllOf`).
-    """
-
-    key: str
-    objective: str
-    fallback: str
-
-    @abstractmethod
-    def admits(self, option: Option, limit: float) -> bool: ...
-
-    @abstractmethod
-    def describe(self, limit: float) -> str: ...
-
-    def limit(self, conditions: Mapping[str, float]) -> float | None:
-        value = conditions.get(self.key)
-        return None if value is None else float(value)
-
-    def choose(self, options: Sequence[Option], conditions: Mapping[str, float]) -> Decision:
-        return AllOf(self).choose(options, conditions)
-
-    def __and__(self, other: Constraint) -> AllOf:
-        return AllOf(self, other)
-
-
-class LatencyBudget(Constraint):
-    """Most accurate option with ``latency_ms <= conditions[key]``; none fits -> the fastest.
-
-    Example::
-
-        >>> from lightning_shifter.runtime import LatencyBudget, Option
-        >>> options = [Option("round-00", "fp32", 0.98, 4.0, 8.0),  # name, precision, accuracy, ms, MB
-        ...            Option("round-03", "fp32", 0.96, 1.5, 2.0),
-        ...            Option("round-03", "int8", 0.95, 0.6, 0.5)]
-        >>> LatencyBudget().choose(options, {"latency_budget_ms": 2.0})
-        Decision(name='round-03', precision='fp32',
-                 reason='best accuracy within latency budget 2 ms: round-03/fp32 (acc 0.9600, 1.500 ms, 2.00 MB)')
-        >>> LatencyBudget().choose(options, {"latency_budget_ms": 0.1}).reason
-        'latency budget 0.1 ms unmet by every option; best latency instead:
-         round-03/int8 (acc 0.9500, 0.600 ms, 0.50 MB)'
-        >>> LatencyBudget(key="frame_ms").choose(options, {"frame_ms": 5.0}).name  # a condition of your own
-        'round-00'
-    """
-
-    objective, fallback = "accuracy", "latency"
-
-    def __init__(self, key: str = "latency_budget_ms") -> None:
-        self.key = key
-
-    def admits(self, option: Option, limit: float) -> bool:
-        return option.latency_ms <= limit
-
-    def describe(self, limit: float) -> str:
-        return f"latency budget {limit:g} ms"
-
-
-class MemoryBudget(Constraint):
-    """Most accurate option with ``memory_mb <= conditions[key]``; none fits -> the smallest.
-
-    Example::
-
-        >>> from lightning_shifter.runtime import MemoryBudget, Option
-        >>> options = [Option("round-00", "fp32", 0.98, 4.0, 8.0),  # name, precision, accuracy, ms, MB
-        ...            Option("round-03", "fp32", 0.96, 1.5, 2.0),
-        ...            Option("round-03", "int8", 0.95, 0.6, 0.5)]
-        >>> decision = MemoryBudget().choose(options, {"memory_budget_mb": 4.0})
-        >>> decision.name, decision.precision
-        ('round-03', 'fp32')
-        >>> decision = MemoryBudget().choose(options, {"memory_budget_mb": 0.1})  # nothing fits: the smallest
-        >>> decision.name, decision.precision
-        ('round-03', 'int8')
-        >>> MemoryBudget().choose(options, {}).reason  # no limit given: every option is admitted
-        'best accuracy, no limit in the conditions (memory_budget_mb absent):
-         round-00/fp32 (acc 0.9800, 4.000 ms, 8.00 MB)'
-    """
-
-    objective, fallback = "accuracy", "memory"
-
-    def __init__(self, key: str = "memory_budget_mb") -> None:
-        self.key = key
-
-    def admits(self, option: Option, limit: float) -> bool:
-        return option.memory_mb is not None and option.memory_mb <= limit
-
-    def describe(self, limit: float) -> str:
-        return f"memory budget {limit:g} MB"
-
-
-class MinAccuracy(Constraint):
-    """Fastest option with ``accuracy >= conditions[key]``; none reaches it -> the most accurate.
-
-    Example::
-
-        >>> from lightning_shifter.runtime import MinAccuracy, Option
-        >>> options = [Option("round-00", "fp32", 0.98, 4.0, 8.0),  # name, precision, accuracy, ms, MB
-        ...            Option("round-03", "fp32", 0.96, 1.5, 2.0),
-        ...            Option("round-03", "int8", 0.95, 0.6, 0.5)]
-        >>> decision = MinAccuracy().choose(options, {"min_accuracy": 0.955})
-        >>> decision.name, decision.precision
-        ('round-03', 'fp32')
-        >>> MinAccuracy().choose(options, {"min_accuracy": 0.99}).name  # unreachable: the most accurate
-        'round-00'
-        >>> policy = MinAccuracy() & LatencyBudget()  # accuracy first, then the budget if it can be met too
-        >>> policy.choose(options, {"min_accuracy": 0.97, "latency_budget_ms": 2.0}).reason
-        'best latency within minimum accuracy 0.97: round-00/fp32 (acc 0.9800, 4.000 ms, 8.00 MB);
-         latency budget 2 ms unmet by every option that meets the rest'
-    """
-
-    objective, fallback = "latency", "accuracy"
-
-    def __init__(self, key: str = "min_accuracy") -> None:
-        self.key = key
-
-    def admits(self, option: Option, limit: float) -> bool:
-        return option.accuracy is not None and option.accuracy >= limit
-
-    def describe(self, limit: float) -> str:
-        return f"minimum accuracy {limit:g}"
-
-
-class AllOf:
-    """Constraints in priority order, all applied at once.
-
-    Picks by ``objective`` ("accuracy", "latency" or "memory"; default: the first constraint's)
-    among the options every active constraint admits. When none is admitted by all, the lowest
-    priority constraints are dropped one by one until some option fits, and the reason names the
-    unmet ones; when not even the first fits, that constraint's fallback decides.
-
-    Example::
-
-        >>> options = [Option("big", "fp32", 0.98, 4.0, 8.0), Option("small", "fp32", 0.95, 1.0, 2.0)]
-        >>> policy = LatencyBudget() & MemoryBudget()
-        >>> policy.choose(options, {"latency_budget_ms": 5.0, "memory_budget_mb": 4.0}).name
-        'small'
-    """
-
-    def __init__(self, *constraints: Constraint, objective: str | None = None) -> None:
-        if not constraints:
-            raise ValueError("AllOf needs at least one constraint, e.g. AllOf(LatencyBudget(), MinAccuracy())")
-        objective = objective or constraints[0].objective
-        if objective not in _OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; use one of {sorted(_OBJECTIVES)}")
-        self.constraints = tuple(constraints)
-        self.objective = objective
-
-    def __and__(self, other: Constraint) -> AllOf:
-        return AllOf(*self.constraints, other, objective=self.objective)
-
-    def choose(self, options: Sequence[Option], conditions: Mapping[str, float]) -> Decision:
-        if not options:
-            raise ValueError("no options to choose from: the switcher has no loaded programs")
-        unmeasured = sorted(f"{o.name}/{o.precision}" for o in options if o.latency_ms is None)
-        if unmeasured:
-            raise ValueError(
-                f"no measured latency for {', '.join(unmeasured)}: policies choose from measured latencies; "
-                "time the programs first (lightning-shifter bench / device bench, or let Switcher measure them)"
-            )
-        active = [(c, c.limit(conditions)) for c in self.constraints]
-        active = [(c, limit) for c, limit in active if limit is not None]
-        pick = _OBJECTIVES[self.objective]
-        for kept in range(len(active), 0, -1):
-            admitted = [o for o in options if all(c.admits(o, limit) for c, limit in active[:kept])]
-            if admitted:
-                chosen = pick(admitted)
-                met = ", ".join(c.describe(limit) for c, limit in active[:kept])
-                reason = f"best {self.objective} within {met}: {_describe(chosen)}"
-                unmet = [c.describe(limit) for c, limit in active[kept:]]
-                if unmet:
-                    reason += f"; {', '.join(unmet)} unmet by every option that meets the rest"
-                return Decision(chosen.name, chosen.precision, reason)
-        if not active:
-            chosen = pick(options)
-            keys = ", ".join(c.key for c in self.constraints)
-            return Decision(chosen.name, chosen.precision,
-                            f"best {self.objective}, no limit in the conditions ({keys} absent): {_describe(chosen)}")
-        first, limit = active[0]
-        chosen = _OBJECTIVES[first.fallback](options)
-        return Decision(chosen.name, chosen.precision,
-                        f"{first.describe(limit)} unmet by every option; best {first.fallback} instead: {_describe(chosen)}")
-
-
-# ---------------------------------------------------------------------------------------- signals
-class Signal(Protocol):
-    def read(self) -> dict[str, float]: ...
-
-
-class CpuLoadSignal:
-    """``cpu_load``: the 1-minute load average per core (1.0 = every core busy); absent where unknown.
-
-    Example::
-
-        >>> from lightning_shifter.runtime import CpuLoadSignal, ScheduleSignal
-        >>> reading = CpuLoadSignal().read()
-        >>> set(reading) <= {"cpu_load"} and all(load >= 0 for load in reading.values())
-        True
-        >>> conditions = {}
-        >>> for signal in (CpuLoadSignal(), ScheduleSignal("latency_budget_ms", [(0, 5.0)])):
-        ...     conditions.update(signal.read())  # what Switcher.conditions() does with its signals
-        >>> sorted(conditions)  # where the platform has a load average (Linux, macOS)
-        ['cpu_load', 'latency_budget_ms']
-    """
-
-    def read(self) -> dict[str, float]:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):  # no load average on this platform
-            return {}
-        return {"cpu_load": load / (os.cpu_count() or 1)}
-
-
-class ScheduleSignal:
-    """A condition that changes over time: ``points`` are ``(seconds since start, value)``.
-
-    The value is that of the last point at or before the elapsed time (the first point's before it);
-    the clock starts at the first :meth:`read` (or at :meth:`start`).
-
-    Example::
-
-        >>> now = [0.0]
-        >>> budget = ScheduleSignal("latency_budget_ms", [(0, 5.0), (10, 1.0)], clock=lambda: now[0])
-        >>> budget.read(); now[0] = 12.0; budget.read()
-        {'latency_budget_ms': 5.0}
-        {'latency_budget_ms': 1.0}
-    """
-
-    def __init__(self, key: str, points: Sequence[tuple[float, float]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if not points:
-            raise ValueError("ScheduleSignal needs at least one (seconds, value) point")
-        times = [float(t) for t, _ in points]
-        if times != sorted(times) or times[0] < 0:
-            raise ValueError(f"ScheduleSignal points must be sorted by time, starting at >= 0; got times {times}")
-        self.key = key
-        self.points = [(float(t), float(v)) for t, v in points]
-        self.clock = clock
-        self._start: float | None = None
-
-    def start(self) -> None:
-        self._start = self.clock()
-
-    def read(self) -> dict[str, float]:
-        if self._start is None:
-            self.start()
-        elapsed = self.clock() - self._start
-        value = self.points[0][1]
-        for t, v in self.points:
-            if t > elapsed:
-                break
-            value = v
-        return {self.key: value}
-
-
-class PowerThermalSignal:
-    """Battery and temperature from Linux / Android sysfs, keys absent where the platform has none.
-
-    ``battery_percent`` (0-100) and ``charging`` (1.0 or 0.0) from the first battery in
-    ``<root>/power_supply``; ``thermal_c``: the hottest ``<root>/thermal/thermal_zone*/temp`` in
-    degrees Celsius. Unreadable files (permissions, vanished devices) are skipped.
-
-    Example (a sysfs tree of its own, so that the output does not depend on this machine)::
-
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> from lightning_shifter.runtime import PowerThermalSignal
-        >>> sysfs = Path(tempfile.mkdtemp())
-        >>> battery = sysfs / "power_supply" / "BAT0"
-        >>> battery.mkdir(parents=True)
-        >>> for name, text in {"type": "Battery", "capacity": "42", "status": "Discharging"}.items():
-        ...     _ = (battery / name).write_text(text + "\\n")
-        >>> (sysfs / "thermal" / "thermal_zone0").mkdir(parents=True)
-        >>> _ = (sysfs / "thermal" / "thermal_zone0" / "temp").write_text("51500\\n")  # millidegrees
-        >>> PowerThermalSignal(sysfs).read()
-        {'battery_percent': 42.0, 'charging': 0.0, 'thermal_c': 51.5}
-        >>> set(PowerThermalSignal().read()) <= {"battery_percent", "charging", "thermal_c"}  # this machine
-        True
-    """
-
-    def __init__(self, root: str | os.PathLike = "/sys/class") -> None:
-        self.root = Path(root)
-
-    @staticmethod
-    def _read(path: str | Path) -> str | None:
-        try:
-            return Path(path).read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-
-    def read(self) -> dict[str, float]:
-        values: dict[str, float] = {}
-        for supply in sorted(glob.glob(str(self.root / "power_supply" / "*"))):
-            kind = self._read(Path(supply) / "type")
-            capacity = self._read(Path(supply) / "capacity")
-            if kind not in (None, "Battery") or capacity is None:
-                continue
-            try:
-                values["battery_percent"] = float(capacity)
-            except ValueError:
-                continue
-            status = self._read(Path(supply) / "status")
-            if status is not None:
-                values["charging"] = 1.0 if status in ("Charging", "Full") else 0.0
-            break
-        temps = []
-        for zone in glob.glob(str(self.root / "thermal" / "thermal_zone*" / "temp")):
-            raw = self._read(zone)
-            try:
-                temps.append(float(raw) / 1000.0)  # millidegrees
-            except (TypeError, ValueError):
-                continue
-        if temps:
-            values["thermal_c"] = max(temps)
-        return values
 
 
 # ---------------------------------------------------------------------------------------- measuring
@@ -490,12 +130,6 @@ def measure_program(path: str | os.PathLike, inputs: Sequence[torch.Tensor], war
     return ProgramTiming(load_ms, p50, p90)
 
 
-def example_input(shape: Sequence[int], dtype: str = "float32", seed: int = 0) -> torch.Tensor:
-    """A deterministic input of the portfolio's shape, for latency measurement."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=generator).to(getattr(torch, dtype))
-
-
 # ---------------------------------------------------------------------------------------- switcher
 @dataclass(frozen=True)
 class SwitchEvent:
@@ -531,7 +165,7 @@ class _Loaded:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one execute per method at a time
 
 
-class SwitchError(ValueError):
+class SwitchError(ShifterError, ValueError):
     """An unknown variant or precision, or a switcher with nothing to run."""
 
 
@@ -618,7 +252,7 @@ class Switcher:
                 f"{self.portfolio.root} has no {'/'.join(precisions)} programs to load: export the "
                 "portfolio first (lightning_shifter.export_portfolio or the ExecuTorchExport callback)"
             )
-        first = _most_accurate([p.option for p in self._programs.values()])
+        first = most_accurate([p.option for p in self._programs.values()])
         self._active = self._programs[(first.name, first.precision)]
         self._record(None, self._active, "initial: most accurate program", 0.0, {})
 
@@ -636,11 +270,8 @@ class Switcher:
             latency_ms, _ = latency_percentiles(method, [self._example], warmup, runs)
         else:
             latency_ms = float(recorded["p50_ms"])
-        accuracy = variant.metrics.get(f"val_acc_{precision}")
-        if accuracy is None and precision == "fp32":
-            accuracy = variant.accuracy
-        option = Option(name, precision, None if accuracy is None else float(accuracy), latency_ms,
-                         variant.files[precision].bytes / 2**20)
+        option = Option(name, precision, variant.program_accuracy(precision), latency_ms,
+                        variant.files[precision].bytes / 2**20)
         return _Loaded(name, precision, method, path, load_ms, option)
 
     # -------------------------------------------------------------------- state
@@ -727,8 +358,7 @@ class Switcher:
         for program in self._programs.values():
             with program.lock:
                 latency_ms, _ = latency_percentiles(program.method, [self._example], warmup, runs, interval_s)
-            o = program.option
-            program.option = Option(o.name, o.precision, o.accuracy, latency_ms, o.memory_mb)
+            program.option = replace(program.option, latency_ms=latency_ms)
         return self.options()
 
     def __repr__(self) -> str:

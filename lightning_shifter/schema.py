@@ -34,6 +34,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lightning_shifter.errors import ShifterError
+
 Check = Callable[[Any, str], Any]
 
 MAX_FILE_BYTES = 64 << 20  # a manifest of thousands of variants is a few MiB
@@ -43,7 +45,7 @@ MAX_INT = 2**63 - 1  # what every consumer (C++ int64 included) can hold
 MAX_TEXT = 1 << 16
 
 
-class SchemaError(ValueError):
+class SchemaError(ShifterError, ValueError):
     """A value that does not have the type, range or size its field requires."""
 
 

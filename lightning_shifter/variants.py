@@ -29,13 +29,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_shifter import masks
+from lightning_shifter.batches import Unpack, default_unpack, top1_accuracy
 from lightning_shifter.compaction import compact, materialized_copy
-from lightning_shifter.portfolio import FileEntry, Portfolio, PortfolioError, Variant, keep_decision, validate_variant_name
-
-Unpack = Callable[[Any], tuple[Tensor, Tensor]]
+from lightning_shifter.portfolio import (
+    PROGRAM_ACCURACIES,
+    FileEntry,
+    Portfolio,
+    PortfolioError,
+    Variant,
+    keep_decision,
+    validate_variant_name,
+)
 
 
 def variant_name(round: int) -> str:
@@ -43,45 +49,16 @@ def variant_name(round: int) -> str:
     return f"round-{round:02d}"
 
 
-def default_unpack(batch: Any) -> tuple[Tensor, Tensor]:
-    """``(inputs, targets)`` of a ``(inputs, targets, ...)`` batch, as classification loaders yield."""
-    inputs = targets = None
-    if not isinstance(batch, Tensor):  # a bare tensor batch has no targets, its rows are not (x, y)
-        try:
-            inputs, targets = batch[0], batch[1]
-        except (TypeError, IndexError, KeyError):
-            pass
-    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
-        raise ValueError(
-            f"cannot take (inputs, targets) tensors from a batch of type {type(batch).__name__}: pass "
-            "unpack=... (Compaction(unpack_batch=...)), a function batch -> (inputs, targets)"
-        )
-    return inputs, targets
-
-
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, batches: Iterable[Any], unpack: Unpack = default_unpack) -> float:
-    """Top-1 accuracy (torchmetrics, micro average) of a classifier's logits over ``batches``.
+    """Top-1 accuracy (:func:`~lightning_shifter.batches.top1_accuracy`) of a classifier's logits over ``batches``.
 
     The model runs as it is (put it in eval mode first); inputs go to the device of its parameters.
     """
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    metric: MulticlassAccuracy | None = None
-    for batch in batches:
-        inputs, targets = unpack(batch)
-        logits = model(inputs.to(device))
-        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
-            shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(
-                f"accuracy needs class logits of shape [batch, classes >= 2], the model returned {shape}; "
-                "evaluate such a model yourself and pass its numbers as metrics (Compaction(evaluate=False))"
-            )
-        if metric is None:
-            metric = MulticlassAccuracy(num_classes=logits.shape[1], average="micro").to(logits.device)
-        metric.update(logits, targets.to(logits.device))
-    if metric is None:
-        raise ValueError("there is no batch to evaluate on: the validation data is empty")
-    return float(metric.compute())
+    return top1_accuracy(lambda inputs: model(inputs.to(device)), batches, unpack, what="the model",
+                         remedy="evaluate such a model yourself and pass its numbers as metrics "
+                                "(Compaction(evaluate=False))")
 
 
 def model_density(model: nn.Module) -> float:
@@ -206,8 +183,10 @@ def add_variant(
         previous = portfolio[name] if name in portfolio else None
         if previous is not None and _same_program(portfolio, previous, data):
             # the same model.pt2: its programs, their accuracies and timings stay valid
-            variant.files, variant.host, variant.devices = previous.files, previous.host, previous.devices
-            variant.metrics = {**{k: v for k, v in previous.metrics.items() if k in _PROGRAM_METRICS}, **measured}
+            variant.files, variant.programs = previous.files, previous.programs
+            variant.host, variant.devices = previous.host, previous.devices
+            kept = {k: v for k, v in previous.metrics.items() if k in PROGRAM_ACCURACIES.values()}
+            variant.metrics = {**kept, **measured}
         else:
             def write() -> dict[str, FileEntry]:
                 return {"pt2": portfolio.write_file(name, "pt2", data)}
@@ -216,10 +195,6 @@ def add_variant(
     # leaves it missing (and redone on resume), never listed with a file that fails its sha256
     portfolio.admit(variant, keep, write)
     return variant
-
-
-# accuracies export_portfolio measures on a variant's programs
-_PROGRAM_METRICS = ("val_acc_fp32", "val_acc_int8")
 
 
 def _program_bytes(program: torch.export.ExportedProgram) -> bytes:

@@ -164,6 +164,54 @@ def test_a_killed_and_resumed_run_lists_each_round_once(run: SimpleNamespace, tm
         assert (got.density, got.params, got.macs, got.metrics) == (want.density, want.params, want.macs, want.metrics)
 
 
+def test_two_compactions_into_two_folders_keep_their_states_apart_across_a_resume(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+
+    def callbacks(*extra: Callback) -> list[Callback]:
+        return [imp(), Compaction(tmp_path / "a", example_input_shape=SHAPE, keep="all"),
+                Compaction(tmp_path / "b", example_input_shape=SHAPE, keep="all"), *extra,
+                ModelCheckpoint(dirpath=checkpoints, save_last=True)]
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tmp_path, callbacks(Kill(at_round=1)))
+    states = {k: s for k, s in torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"].items()
+              if k.startswith("Compaction")}
+    assert sorted(states) == [f"Compaction{{'portfolio_dir': '{tmp_path / f}'}}" for f in ("a", "b")]
+    assert list(states.values()) == [{"saved_rounds": [0]}] * 2
+
+    resumed = callbacks()
+    fit(tmp_path, resumed, ckpt_path=str(checkpoints / "last.ckpt"))
+    assert resumed[1].saved_rounds == resumed[2].saved_rounds == list(range(ROUNDS + 1))
+    for folder in ("a", "b"):
+        assert Portfolio.open(tmp_path / folder).names == [f"round-{r:02d}" for r in range(ROUNDS + 1)]
+
+
+def test_a_checkpoint_of_an_earlier_version_restores_its_compaction_state(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+
+    def callbacks(*extra: Callback) -> list[Callback]:
+        return [imp(), Compaction(tmp_path / "portfolio", example_input_shape=SHAPE, keep="all"), *extra,
+                ModelCheckpoint(dirpath=checkpoints, save_last=True)]
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tmp_path, callbacks(Kill(at_round=1)))
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    states = saved["callbacks"]
+    [key] = [k for k in states if k.startswith("Compaction")]
+    states["Compaction"] = states.pop(key)  # earlier versions keyed the state by the class name alone
+    torch.save(saved, checkpoints / "earlier.ckpt")
+    restored: list[list[int]] = []
+
+    class Seen(Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            restored.append(list(trainer.callbacks[1].saved_rounds))
+
+    resumed = callbacks(Seen())
+    fit(tmp_path, resumed, ckpt_path=str(checkpoints / "earlier.ckpt"))
+    assert restored == [[0]]
+    assert resumed[1].saved_rounds == list(range(ROUNDS + 1))
+
+
 # ---------------------------------------------------------------- without a Trainer: rank logic, RNG, state
 
 
@@ -262,7 +310,7 @@ def test_random_streams_and_the_model_are_left_as_they_were(tmp_path: Path, monk
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
     shuffling = DataLoader(data, batch_size=8, shuffle=True)  # iterating it draws from torch's global RNG
-    monkeypatch.setattr(compaction_module, "_val_source", lambda trainer: SimpleNamespace(dataloader=lambda: [shuffling]))
+    monkeypatch.setattr(compaction_module, "val_data_source", lambda trainer: SimpleNamespace(dataloader=lambda: [shuffling]))
     callback, model = ready(tmp_path), Tiny().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
@@ -289,7 +337,7 @@ class RecordingLogger:
 def test_custom_batches_are_unpacked_and_numbers_logged(tmp_path: Path, monkeypatch) -> None:
     g = torch.Generator().manual_seed(0)
     batches = [{"image": torch.randn(8, 1, 8, 8, generator=g), "label": torch.randint(0, 10, (8,), generator=g)}]
-    monkeypatch.setattr(compaction_module, "_val_source", lambda trainer: SimpleNamespace(dataloader=lambda: [batches]))
+    monkeypatch.setattr(compaction_module, "val_data_source", lambda trainer: SimpleNamespace(dataloader=lambda: [batches]))
     callback = ready(tmp_path, unpack_batch=lambda b: (b["image"], b["label"]))
     trainer, logger = fake_trainer(0), RecordingLogger()
     trainer.loggers, trainer.global_step = [logger], 42
@@ -352,6 +400,13 @@ def test_evaluate_without_validation_data_is_rejected(tmp_path: Path, make_train
     trainer = make_trainer(max_epochs=ROUNDS + 1, callbacks=[imp(), Compaction(tmp_path / "p", example_input_shape=SHAPE)])
     with pytest.raises(MisconfigurationException, match="there is none.*Compaction\\(evaluate=False\\)"):
         trainer.fit(DigitsResNet(width=4), train_dataloaders=digits.train_dataloader())
+
+
+def test_evaluate_with_an_empty_list_of_validation_loaders_is_rejected(tmp_path: Path, make_trainer, digits) -> None:
+    trainer = make_trainer(max_epochs=ROUNDS + 1, callbacks=[imp(), Compaction(tmp_path / "p", example_input_shape=SHAPE)])
+    with pytest.raises(MisconfigurationException, match="an empty collection.*Compaction\\(evaluate=False\\)"):
+        trainer.fit(DigitsResNet(width=4), train_dataloaders=digits.train_dataloader(), val_dataloaders=[])
+    assert not (tmp_path / "p").exists()  # nothing was saved: the portfolio folder goes again
 
 
 def test_a_portfolio_for_another_input_is_rejected(tmp_path: Path, make_trainer, digits) -> None:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import stat
 
 import pytest
 
-from lightning_shifter import demo
 from lightning_shifter.cli import main
-from lightning_shifter.device import DeviceSwitch, SwitchReport, locator
+from lightning_shifter.device import locator
+from lightning_shifter.policy import LatencyBudget, Option
 from lightning_shifter.portfolio import Portfolio
-from lightning_shifter.report import load_session
-from lightning_shifter.runtime import LatencyBudget, Option
+from lightning_shifter.sessions import load_session
 
 SMALL = ["--rounds", "2", "--width", "4", "--image-size", "8", "--epochs-per-round", "1", "--rewind-step", "5",
          "--session-seconds", "2", "--runner-runs", "5", "--no-progress"]
@@ -122,38 +120,3 @@ def test_demo_that_requires_the_runner_fails_before_training(tmp_path, capsys, f
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: the native runner (host) could not be built") and "pip install cmake" in error
     assert not (out / "portfolio").exists()
-
-
-def test_budget_schedule_drops_and_rises_and_every_choice_meets_its_budget():
-    options = [Option("a", "fp32", 0.99, 4.0, None), Option("b", "fp32", 0.97, 1.5, None),
-               Option("c", "int8", 0.90, 0.5, None), Option("d", "int8", None, 2.0, None)]
-    points = demo.budget_schedule(options, duration_s=8.0)
-    assert [t for t, _ in points] == [0.0, 2.0, 4.0, 6.0]
-    by_name = {o.name: o for o in options}
-    chosen = [by_name[LatencyBudget().choose(options, {"latency_budget_ms": budget}).name] for _, budget in points]
-    assert [c.name for c in chosen] == ["a", "b", "c", "a"]  # drops to the headline-like b, the fastest c, back
-    assert all(c.latency_ms * 1.3 <= budget + 1e-12 for c, (_, budget) in zip(chosen, points))  # room for noise
-    only = demo.budget_schedule(options[:1], duration_s=3.0)
-    assert [LatencyBudget().choose(options[:1], {"latency_budget_ms": b}).name for _, b in only] == ["a"] * 3
-    with pytest.raises(ValueError, match="export and measure"):
-        demo.budget_schedule([], 1.0)
-
-
-def test_device_session_events_and_summary():
-    report = SwitchReport("phone", duration_s=3.0, inferences=120)
-    report.switches = [
-        DeviceSwitch(0.0, None, "round-00", "fp32", "initial", 5.0, {"latency_budget_ms": 2.0}),
-        DeviceSwitch(1.0, ("round-00", "fp32"), "round-03", "int8", "budget", 0.5, {"latency_budget_ms": 0.1}),
-    ]
-    events = demo.device_session_events(report)
-    assert events == [
-        {"t": 0.0, "variant": "round-00", "precision": "fp32", "reason": "initial", "budget_ms": 2.0},
-        {"t": 1.0, "variant": "round-03", "precision": "int8", "reason": "budget", "budget_ms": 0.1, "switch_us": 0.5},
-        {"t": 3.0, "variant": "round-03", "precision": "int8", "budget_ms": 0.1},
-    ]
-    summary = demo.switching_summary(events, load_ms=[2.0, 4.0], inferences=report.inferences)
-    assert summary["switches"] == 1 and summary["switch_us_median"] == 0.5 and summary["inferences"] == 120
-    assert math.isclose(summary["speedup_vs_load"], 3.0 * 1e3 / 0.5)
-    assert demo.switching_summary([], [], 0) == {"inferences": 0, "switches": 0, "programs": []}
-
-

@@ -34,7 +34,8 @@ from lightning_shifter.device import (
 from lightning_shifter.cli import main
 from lightning_shifter.device.builds import shared_libraries
 from lightning_shifter.portfolio import Portfolio, Variant
-from lightning_shifter.runtime import Decision, LatencyBudget, ScheduleSignal
+from lightning_shifter.policy import Decision, LatencyBudget
+from lightning_shifter.signals import ScheduleSignal
 
 WIDTHS = (16, 8, 4)  # round-00 (dense, most accurate) .. round-02 (smallest)
 

@@ -126,9 +126,8 @@ def test_export_fp32_and_int8_end_to_end(exported_portfolio, digits):
         assert variant.metrics["val_acc_int8"] >= variant.metrics["val_acc_fp32"] - 0.05
         for precision in ("fp32", "int8"):
             host = variant.host[precision]
-            assert 0 < host["p50_ms"] <= host["p90_ms"] and host["load_ms"] > 0
-            assert host["source_sha256"] == variant.files["pt2"].sha256
-            assert host["portable_ops"] == []
+            assert 0 < host["p50_ms"] <= host["p90_ms"] and host["load_ms"] > 0 and len(host) == 3  # timings only
+            assert variant.programs[precision] == {"source_sha256": variant.files["pt2"].sha256, "portable_ops": []}
 
 
 def test_rerun_skips_unchanged_and_reexports_changed(exported_portfolio, tmp_path, digits):
@@ -149,8 +148,21 @@ def test_rerun_skips_unchanged_and_reexports_changed(exported_portfolio, tmp_pat
     reopened = Portfolio.open(root)
     assert set(reopened["round-01"].files) == {"pt2", "fp32"}
     assert not (root / "round-01" / "model_int8.pte").exists()
-    assert reopened["round-01"].host["fp32"]["source_sha256"] == entry.sha256
+    assert reopened["round-01"].programs == {"fp32": {"source_sha256": entry.sha256, "portable_ops": []}}
+    assert "fp32" not in reopened["round-01"].host  # measure=False: no timings, and none of the old program
     assert reopened["round-00"].files == Portfolio.open(exported_portfolio[0])["round-00"].files
+
+
+def test_a_version_1_portfolio_is_up_to_date_after_the_upgrade(exported_portfolio, tmp_path):
+    root = copy_of(exported_portfolio[0], tmp_path)
+    data = json.loads((root / MANIFEST_NAME).read_text())
+    data["schema_version"] = 1
+    for variant in data["variants"]:  # back to version 1: provenance inside the host timings
+        for precision, provenance in variant.pop("programs").items():
+            variant["host"][precision].update(provenance)
+    (root / MANIFEST_NAME).write_text(json.dumps(data))
+    report = export_portfolio(root, ("fp32", "int8"), calibration_data=[torch.zeros(SHAPE)])
+    assert {p.status for p in report.programs} == {"skipped"}  # exported from the same model.pt2: nothing to do
 
 
 def test_the_advice_for_a_damaged_program_repairs_it(exported_portfolio, tmp_path, digits, capsys):
@@ -192,6 +204,7 @@ def test_program_failing_its_check_is_never_listed(exported_portfolio, tmp_path,
     assert failed.name == "round-00" and "exceeds the tolerance" in failed.error
     portfolio = Portfolio.open(root, verify=True)
     assert "fp32" not in portfolio["round-00"].files and "fp32" not in portfolio["round-00"].host
+    assert "fp32" not in portfolio["round-00"].programs
     assert not (root / "round-00" / "model.pte").exists()
     assert "int8" in portfolio["round-00"].files  # not re-exported, still valid
 
@@ -237,7 +250,7 @@ def test_ops_outside_the_delegate(tmp_path):
     # cumsum: portable kernel fallback, said and recorded
     assert cumsum.status == "exported" and cumsum.portable_ops == ["aten.cumsum.default"]
     assert any("cumsum" in m and "portable" in m for m in messages)
-    assert Portfolio.open(root)["cumsum"].host["fp32"]["portable_ops"] == ["aten.cumsum.default"]
+    assert Portfolio.open(root)["cumsum"].programs["fp32"]["portable_ops"] == ["aten.cumsum.default"]
     # sort: no kernel in this runtime, so the program cannot run: not listed, and the op is named
     assert sort.status == "failed" and "aten.sort" in sort.error and "cannot run" in sort.error
     assert "fp32" not in Portfolio.open(root)["sort"].files
@@ -368,6 +381,32 @@ def test_callback_exports_at_fit_end(tmp_path, make_trainer, digits):
     fresh = ExecuTorchExport(portfolio_dir=root)
     fresh.load_state_dict(state)
     assert fresh.state_dict() == state
+
+
+def test_a_failed_export_on_rank_zero_stops_every_rank(tmp_path):
+    from test_compaction_callback import fake_trainer
+
+    from lightning_shifter.callbacks.export import ExecuTorchExport
+
+    missing = tmp_path / "no-portfolio"  # export_portfolio raises on rank 0
+    callback = ExecuTorchExport(portfolio_dir=missing, precisions=("fp32",), validate=False)
+    zero = fake_trainer(rank=0)
+    with pytest.raises(PortfolioError, match="is not a directory"):
+        callback.on_fit_end(zero, None)
+    [message] = zero.strategy.broadcasts  # what the other ranks learn, instead of waiting at a barrier
+    assert message.startswith("PortfolioError: ") and str(missing) in message
+
+    other = fake_trainer(rank=1, from_rank_zero=message)
+    with pytest.raises(RuntimeError, match="rank 0 could not export the portfolio: PortfolioError: .*no-portfolio"):
+        ExecuTorchExport(portfolio_dir=missing, precisions=("fp32",), validate=False).on_fit_end(other, None)
+    assert other.strategy.broadcasts == [None]  # it joined the broadcast, having nothing to say
+
+
+def test_two_exporters_keep_their_states_apart():
+    from lightning_shifter.callbacks.export import ExecuTorchExport
+
+    keys = {ExecuTorchExport(portfolio_dir=d, precisions=p).state_key for d in ("a", "b") for p in (("fp32",), ("int8",))}
+    assert len(keys) == 4
 
 
 def test_callback_needs_a_portfolio(make_trainer, digits):

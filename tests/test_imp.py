@@ -200,6 +200,18 @@ def test_step_schedulers_accumulation_and_no_validation(digits, make_trainer):
     assert sum(int(m.sum()) for m in imp.masks.values()) == keep_count(total, 0.64)
 
 
+def test_without_a_logger_the_summary_goes_to_the_root_dir_and_never_to_the_current_folder(
+        digits, make_trainer, tmp_path, monkeypatch):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for root in (None, tmp_path / "run"):  # Trainer(default_root_dir=...) not given, then given
+        imp = IterativeMagnitudePruning(rounds=1, epochs_per_round=1, rewind_step=0, verbose=False)
+        make_trainer(max_epochs=2, callbacks=[imp], default_root_dir=root).fit(DigitsMLP(), datamodule=digits)
+    assert sorted(p.name for p in work.iterdir()) == []  # nothing left in the current folder
+    assert len(json.loads((tmp_path / "run" / "imp_rounds.json").read_text())["rounds"]) == 2
+
+
 def test_rewind_to_initialization(digits, make_trainer):
     pl.seed_everything(0)
     model = DigitsMLP()

@@ -180,3 +180,32 @@ def test_ctrl_c_says_how_many_rounds_ran(tmp_path):
         "(KeyboardInterrupt). The completed rounds are recorded (and saved, with Compaction); to train the others, "
         "resume it with trainer.fit(..., ckpt_path=<last checkpoint>)"
     ]
+
+
+def test_the_private_attributes_read_are_still_there(pl, tmp_path):
+    """Lightning's private attributes this package reads (lightning_shifter._lightning.PRIVATE), in either
+    package: a Lightning release that renames one fails here, naming it."""
+    from lightning_shifter import _lightning
+
+    LitMLP, Clusters = project(pl)
+    fit = trainer(pl, tmp_path, [], logger=False, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    fit.fit(LitMLP(), datamodule=Clusters())
+    checks = {  # each reads the attribute and checks it holds what the package expects
+        "Trainer.fit_loop.epoch_loop.val_loop._data_source":
+            lambda: len(_lightning.val_data_source(fit).dataloader().dataset) == 64,  # the datamodule's val set
+        "callbacks.Timer._duration": lambda: _lightning.timer_duration(pl.callbacks.Timer("00:00:02:00")) == 120,
+    }
+    assert set(checks) == set(_lightning.PRIVATE)  # a new private attribute needs its check here
+    assert {where: check() for where, check in checks.items()} == dict.fromkeys(checks, True)
+
+
+def test_a_private_attribute_that_is_gone_is_named():
+    from lightning.pytorch.callbacks import Timer
+
+    from lightning_shifter._lightning import timer_duration
+
+    timer = Timer("00:00:01:00")
+    del timer._duration  # what a Lightning release without it looks like
+    with pytest.raises(RuntimeError, match=r"callbacks.Timer._duration is gone in this Lightning release .* "
+                                           r"the time limit of a Timer"):
+        timer_duration(timer)

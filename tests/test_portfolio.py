@@ -67,6 +67,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
         metrics={"val_acc_sparse": 0.95, "val_acc_compacted": 0.95}, exactness_error=1e-7,
         compaction={"params_before": 100, "layers": [{"name": "conv", "kind": "Conv2d", "channels_before": 8,
                                                        "channels_after": 5, "removed_zero": 3}]},
+        programs={"fp32": {"source_sha256": pt2.sha256, "portable_ops": ["aten.cumsum.default"]}},
         host={"fp32": {"p50_ms": 0.1}}, devices={"pixel": {"fp32": {"p50_ms": 1.0}}},
     )
     p.put_variant(later)
@@ -260,12 +261,55 @@ def test_a_symlink_inside_the_folder_is_fine(portfolio: Portfolio) -> None:
     assert Portfolio.open(portfolio.root).names == ["round-00"]
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+def test_a_version_1_manifest_opens_with_its_provenance_moved_out_of_the_timings(portfolio: Portfolio) -> None:
+    pt2_sha256 = portfolio["round-00"].files["pt2"].sha256
+    data = read_manifest(portfolio.root)
+    assert data["schema_version"] == SCHEMA_VERSION == 2
+    # what lightning-shifter wrote before version 2: provenance inside host[precision], beside the timings
+    data["schema_version"] = 1
+    data["variants"][0].pop("programs")
+    data["variants"][0]["host"] = {"fp32": {"source_sha256": pt2_sha256, "portable_ops": ["aten.cumsum.default"],
+                                            "load_ms": 1.5, "p50_ms": 0.2, "p90_ms": 0.3}}
+    data["skipped"] = [{**data["variants"][0], "name": "round-01", "round": 1, "reason": "round-00 is better",
+                        "host": {"int8": {"source_sha256": pt2_sha256, "portable_ops": []}}}]
+    del data["skipped"][0]["files"]
+    write_manifest(portfolio.root, data)
+    written = (portfolio.root / MANIFEST_NAME).read_bytes()
+
+    opened = Portfolio.open(portfolio.root)
+    variant = opened["round-00"]
+    assert variant.programs == {"fp32": {"source_sha256": pt2_sha256, "portable_ops": ["aten.cumsum.default"]}}
+    assert variant.host == {"fp32": {"load_ms": 1.5, "p50_ms": 0.2, "p90_ms": 0.3}}
+    [skipped] = opened.skipped
+    assert skipped.variant.programs == {"int8": {"source_sha256": pt2_sha256, "portable_ops": []}}
+    assert skipped.variant.host == {"int8": {}}
+    assert (portfolio.root / MANIFEST_NAME).read_bytes() == written  # reading converts, it does not write
+
+    opened.save()  # the next write is version 2
+    saved = read_manifest(portfolio.root)
+    assert saved["schema_version"] == 2 and saved["variants"][0]["programs"] == variant.programs
+    assert saved["variants"][0]["host"] == variant.host
+
+
+def test_provenance_is_checked_and_survives_dropping_the_timings(portfolio: Portfolio) -> None:
+    sha256 = portfolio["round-00"].files["pt2"].sha256
+    portfolio.update_variant("round-00", programs={"fp32": {"source_sha256": sha256, "portable_ops": []}},
+                             host={"fp32": {"p50_ms": 0.2}})
+    variant = portfolio["round-00"]
+    variant.host.clear()  # timings measured again elsewhere, say
+    portfolio.put_variant(variant)
+    assert Portfolio.open(portfolio.root)["round-00"].programs["fp32"]["source_sha256"] == sha256
+    edit_variant(portfolio.root, programs={"fp32": {"source_sha256": "not a digest"}})
+    with pytest.raises(PortfolioError, match=r"variants\[0\].programs.fp32.source_sha256: expected a string matching"):
+        Portfolio.open(portfolio.root)
+
+
+@pytest.mark.parametrize("version", [3, 0, "1", "2", 2.0, True, None])
 def test_unknown_schema_versions_are_rejected(portfolio: Portfolio, version) -> None:
     data = read_manifest(portfolio.root)
     data["schema_version"] = version
     write_manifest(portfolio.root, data)
-    with pytest.raises(PortfolioError, match=f"schema_version {version!r} is not supported.*reads schema_version 1"):
+    with pytest.raises(PortfolioError, match=f"schema_version {version!r} is not supported.*reads schema_version 1 or 2"):
         Portfolio.open(portfolio.root)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from lightning_shifter.portfolio import Portfolio, Variant
-from lightning_shifter.report import load_session, write_report
+from lightning_shifter.report import write_report
+from lightning_shifter.sessions import load_session
 
 
 def _layers(kept: int) -> list[dict]:

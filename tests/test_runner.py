@@ -500,8 +500,8 @@ def fatal(runner_binary, *arguments: str) -> str:
 def test_unusable_portfolio_or_arguments_end_with_a_fatal_line(runner_binary, portfolio, tmp_path):
     assert "does not exist" in fatal(runner_binary, "--portfolio", str(tmp_path / "nowhere"))
     assert "no manifest.json" in fatal(runner_binary, "--portfolio", str(tmp_path))
-    (tmp_path / "manifest.json").write_text('{"schema_version": 2}')
-    assert "reads only schema_version 1" in fatal(runner_binary, "--portfolio", str(tmp_path))
+    (tmp_path / "manifest.json").write_text('{"schema_version": 3}')
+    assert "reads only schema_version 1 or 2" in fatal(runner_binary, "--portfolio", str(tmp_path))
     (tmp_path / "manifest.json").write_text("{oops")
     assert "is not valid JSON" in fatal(runner_binary, "--portfolio", str(tmp_path))
     (tmp_path / "manifest.json").write_text("[1]")

@@ -24,8 +24,7 @@ from torch import nn
 
 from lightning_shifter.compaction import compact
 from lightning_shifter.device import device_options
-from lightning_shifter.portfolio import MANIFEST_NAME, Portfolio, PortfolioError, Variant
-from lightning_shifter.runtime import PRECISIONS
+from lightning_shifter.portfolio import MANIFEST_NAME, PRECISIONS, Portfolio, PortfolioError, Variant
 
 SHAPE = (1, 4)
 
@@ -47,8 +46,8 @@ def base_portfolio(root: Path) -> Portfolio:
             name, round=r, density=0.8 ** r, params=params, macs=100 * params, files=files,
             metrics={"val_acc_sparse": acc, "val_acc_compacted": acc, "epoch": 3.0}, exactness_error=1e-7,
             compaction=summary,
-            host={"fp32": {"source_sha256": files["pt2"].sha256, "portable_ops": [], "load_ms": 1.5, "p50_ms": 0.2,
-                           "p90_ms": 0.3}},
+            programs={"fp32": {"source_sha256": files["pt2"].sha256, "portable_ops": []}},
+            host={"fp32": {"load_ms": 1.5, "p50_ms": 0.2, "p90_ms": 0.3}},
             devices={"phone": {"facts": {"model": "Pixel", "cores": 8}, "fp32": {
                 "load_ms": 2.0, "first_infer_ms": 0.5, "p50_ms": 0.4, "p90_ms": 0.5, "p99_ms": 0.6, "mean_ms": 0.45,
                 "reload_ms": 3.0, "reload_first_infer_ms": 0.7, "switch_us": 0.01, "switch_speedup": 3e5,
@@ -200,7 +199,7 @@ CRASHERS = {
     "NaN accuracy": ('"val_acc_sparse": 0.97', '"val_acc_sparse": NaN', "JSON numbers must be finite"),
     "deep nesting": ('"facts": {"model": "Pixel"}', '"facts": ' + "[" * 100000 + "]" * 100000, "not usable JSON"),
     "moderately deep": ('"facts": {"model": "Pixel"}', '"facts": ' + "[" * 200 + "]" * 200, "nested deeper than 32"),
-    "schema version true": ('"schema_version": 1', '"schema_version": true', "schema_version True is not supported"),
+    "schema version true": ('"schema_version": 2', '"schema_version": true', "schema_version True is not supported"),
     "layer without kind": ('"kind": "Linear"', '"sort": "Linear"', "missing field(s) kind"),
 }
 

@@ -14,9 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_shifter.variants as variants_module
+from lightning_shifter.batches import default_unpack
 from lightning_shifter.compaction import count_macs
 from lightning_shifter.portfolio import MANIFEST_NAME, Portfolio, PortfolioError, sha256_file
-from lightning_shifter.variants import add_variant, default_unpack, evaluate_accuracy, model_density, variant_name
+from lightning_shifter.variants import add_variant, evaluate_accuracy, model_density, variant_name
 
 SHAPE = (1, 1, 8, 8)
 

@@ -14,10 +14,17 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_shifter._lightning import Callback, MisconfigurationException
+from lightning_shifter._lightning import (
+    Callback,
+    MisconfigurationException,
+    adopt_class_keyed_state,
+    on_rank_zero,
+    val_data_source,
+)
+from lightning_shifter.batches import default_unpack, example_input, first_loader
 from lightning_shifter.imp import IterativeMagnitudePruning
 from lightning_shifter.portfolio import KEEP_POLICIES, MANIFEST_NAME, Portfolio, PortfolioError
-from lightning_shifter.variants import add_variant, default_unpack, variant_name
+from lightning_shifter.variants import add_variant, variant_name
 
 
 class Compaction(Callback):
@@ -118,7 +125,7 @@ class Compaction(Callback):
                 "example_inputs, name=..., round=...)"
             )
         self._input_shape = self.example_input_shape or self._shape_from_module(pl_module)
-        if self.evaluate and not _val_source(trainer).is_defined():
+        if self.evaluate and not val_data_source(trainer).is_defined():
             raise MisconfigurationException(
                 "Compaction(evaluate=True) measures accuracy on the validation data, but there is none: "
                 "define val_dataloader() in the datamodule or module, pass val_dataloaders to fit, or "
@@ -158,38 +165,30 @@ class Compaction(Callback):
 
     def on_pruning_round_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: Any) -> None:
         name = variant_name(record.round)
-        failure: Exception | None = None
-        if trainer.is_global_zero:
-            try:
-                # read afresh: other callbacks may have updated the manifest since the last round
-                portfolio = Portfolio.open(self.portfolio_dir, verify=False)
-                handled = name in portfolio or any(s.variant.name == name for s in portfolio.skipped)
-                if not (record.round in self.saved_rounds and handled):
-                    with _untouched_rng(pl_module.device):
-                        self._save(trainer, pl_module, portfolio, record, name)
-            except Exception as err:
-                failure = err
-        # Every rank waits here for rank 0 and learns whether it failed, so all of them go on or stop
-        # together (a plain barrier would leave the others waiting forever after a failure).
-        message = None if failure is None else f"{type(failure).__name__}: {failure}"
-        rank_zero_failure = trainer.strategy.broadcast(message)
-        if failure is not None:
-            raise failure
-        if rank_zero_failure is not None:
-            raise RuntimeError(f"rank 0 could not save the variant {name}: {rank_zero_failure}")
+
+        def save() -> None:
+            # read afresh: other callbacks may have updated the manifest since the last round
+            portfolio = Portfolio.open(self.portfolio_dir, verify=False)
+            handled = name in portfolio or any(s.variant.name == name for s in portfolio.skipped)
+            if not (record.round in self.saved_rounds and handled):
+                with _untouched_rng(pl_module.device):
+                    self._save(trainer, pl_module, portfolio, record, name)
+
+        on_rank_zero(trainer, save, f"save the variant {name}")  # every rank goes on, or all stop
         if record.round not in self.saved_rounds:
             self.saved_rounds.append(record.round)
         self._created = None  # the portfolio holds a variant now: it stays, whatever happens next
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, portfolio: Portfolio, record: Any,
               name: str) -> None:
-        dtype = getattr(torch, self.input_dtype)
-        generator = torch.Generator().manual_seed(record.round)
-        if dtype.is_floating_point:
-            example = torch.randn(self._input_shape, generator=generator).to(dtype)
-        else:
-            example = torch.zeros(self._input_shape, dtype=dtype)
-        val_data = _first_loader(_val_source(trainer).dataloader()) if self.evaluate else None
+        example = example_input(self._input_shape, self.input_dtype, seed=record.round)
+        val_data = first_loader(val_data_source(trainer).dataloader()) if self.evaluate else None
+        if self.evaluate and val_data is None:
+            raise MisconfigurationException(
+                "Compaction(evaluate=True) measures accuracy on the validation data, but the validation "
+                "dataloaders are an empty collection: return a loader from val_dataloader(), or use "
+                "Compaction(evaluate=False)"
+            )
         variant = add_variant(
             portfolio, pl_module, example, name=name, round=record.round, density=record.density,
             val_data=val_data, unpack=self.unpack_batch, keep=self.keep,
@@ -219,6 +218,16 @@ class Compaction(Callback):
             )
         return tuple(example.shape)
 
+    @property
+    def state_key(self) -> str:
+        # one state per portfolio folder: several Compaction callbacks (into different folders) in one
+        # Trainer keep theirs apart in a checkpoint
+        return self._generate_state_key(portfolio_dir=str(self.portfolio_dir))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        adopt_class_keyed_state(self, checkpoint)
+
     def state_dict(self) -> dict[str, Any]:
         return {"saved_rounds": list(self.saved_rounds)}
 
@@ -230,20 +239,6 @@ class Compaction(Callback):
                 "written by this callback; resume from a checkpoint of a run that used Compaction"
             )
         self.saved_rounds = list(rounds)
-
-
-def _val_source(trainer: pl.Trainer) -> Any:
-    # Where fit's validation data comes from (datamodule, module or fit(val_dataloaders=...)); asking
-    # it again gives the user's own loader: the full set, not a distributed shard of it.
-    return trainer.fit_loop.epoch_loop.val_loop._data_source
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, dict):
-        return next(iter(loaders.values()))
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0]
-    return loaders
 
 
 @contextmanager

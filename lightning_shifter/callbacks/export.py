@@ -10,9 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_shifter._lightning import Callback, MisconfigurationException
+from lightning_shifter._lightning import Callback, MisconfigurationException, adopt_class_keyed_state, on_rank_zero
+from lightning_shifter.batches import first_loader
 from lightning_shifter.export import export_portfolio
-from lightning_shifter.runtime import PRECISIONS
+from lightning_shifter.portfolio import PRECISIONS
 
 
 class ExecuTorchExport(Callback):
@@ -22,7 +23,8 @@ class ExecuTorchExport(Callback):
     becomes ``model.pte`` (fp32, XNNPACK) and, with ``"int8"``, ``model_int8.pte`` calibrated on the
     first ``calibration_batches`` training batches. Each program is checked against its PyTorch
     variant (and int8 on the validation data) before it is listed; programs already exported from
-    an unchanged ``model.pt2`` are skipped, so resuming is cheap. Other ranks wait for rank 0.
+    an unchanged ``model.pt2`` are skipped, so resuming is cheap. Other ranks wait for rank 0, and all
+    ranks stop with its error if it fails.
 
     Args:
         precisions: ``"fp32"`` and/or ``"int8"``.
@@ -51,7 +53,7 @@ class ExecuTorchExport(Callback):
 
     def __init__(
         self,
-        precisions: Sequence[str] = ("fp32", "int8"),
+        precisions: Sequence[str] = PRECISIONS,
         portfolio_dir: str | os.PathLike | None = None,
         calibration_batches: int = 32,
         validate: bool = True,
@@ -93,21 +95,32 @@ class ExecuTorchExport(Callback):
         return found[0].portfolio_dir if found else None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            validation = _first_loader(trainer.val_dataloaders) if self.validate else None
-            calibration = trainer.train_dataloader if "int8" in self.precisions else None
-            if calibration is None and "int8" in self.precisions:
-                calibration = validation
-            report = export_portfolio(
-                self._portfolio_dir(trainer), self.precisions, calibration, validation, workers=self.workers,
-                calibration_batches=self.calibration_batches, **self.options,
-            )
-            self.last_export = report.to_json()
-            rank_zero_info(
-                f"ExecuTorchExport: {len(report.exported)} program(s) exported, {len(report.skipped)} up to date, "
-                f"{len(report.failed)} failed, in {report.seconds:.1f} s"
-            )
-        trainer.strategy.barrier("ExecuTorchExport")
+        on_rank_zero(trainer, lambda: self._export(trainer), "export the portfolio")  # all go on, or all stop
+
+    def _export(self, trainer: pl.Trainer) -> None:
+        validation = first_loader(trainer.val_dataloaders) if self.validate else None
+        calibration = trainer.train_dataloader if "int8" in self.precisions else None
+        if calibration is None and "int8" in self.precisions:
+            calibration = validation
+        report = export_portfolio(
+            self._portfolio_dir(trainer), self.precisions, calibration, validation, workers=self.workers,
+            calibration_batches=self.calibration_batches, **self.options,
+        )
+        self.last_export = report.to_json()
+        rank_zero_info(
+            f"ExecuTorchExport: {len(report.exported)} program(s) exported, {len(report.skipped)} up to date, "
+            f"{len(report.failed)} failed, in {report.seconds:.1f} s"
+        )
+
+    @property
+    def state_key(self) -> str:
+        # several exporters in one Trainer (of other portfolios, or precisions) keep their states apart
+        return self._generate_state_key(portfolio_dir=None if self.portfolio_dir is None else str(self.portfolio_dir),
+                                        precisions=list(self.precisions))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        adopt_class_keyed_state(self, checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_export": self.last_export}
@@ -119,11 +132,3 @@ class ExecuTorchExport(Callback):
                 "resume from a checkpoint of a run that used ExecuTorchExport"
             )
         self.last_export = state_dict["last_export"]
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, dict):
-        return next(iter(loaders.values()), None)
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    return loaders

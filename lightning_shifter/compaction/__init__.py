@@ -62,6 +62,7 @@ from lightning_shifter.compaction.report import (
 )
 from lightning_shifter.compaction.rewrite import rewrite
 from lightning_shifter.compaction.verify import error, first_divergence, leaves, random_like, to_float64
+from lightning_shifter.errors import ShifterError
 
 __all__ = [
     "CompactionError", "CompactionReport", "CompactionResult", "LayerReport", "compact", "count_macs",
@@ -76,7 +77,7 @@ FLOAT64_TOLERANCE_RATIO = 1e-5
 ROUNDING_FACTOR = 10.0
 
 
-class CompactionError(Exception):
+class CompactionError(ShifterError):
     """The model cannot be compacted as asked: untraceable, wrong inputs, or a failed check."""
 
 

@@ -3,8 +3,8 @@
 Both are read with one fixed shell script per call (nothing interpolated), which works on Android
 (``getprop``, ``dumpsys``, sysfs) and on Linux (sysfs, ``/proc``): values a platform lacks are left
 out. :class:`DeviceSignal` turns the state into conditions for the switching policies, under the
-same keys as the host's :class:`lightning_shifter.runtime.PowerThermalSignal`: ``thermal_c``,
-``battery_percent`` and ``charging``.
+same keys, parsed by the same functions, as the host's :class:`lightning_shifter.signals.PowerThermalSignal`:
+``thermal_c``, ``battery_percent`` and ``charging``.
 
 Example::
 
@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from lightning_shifter.device.transport import Device
+from lightning_shifter.signals import celsius, charging
 
 _STATE_SCRIPT = r"""
 for z in /sys/class/thermal/thermal_zone*; do
@@ -58,10 +59,6 @@ echo "mem_kb=$(awk '/^MemTotal/ {print $2}' /proc/meminfo 2>/dev/null)"
 echo "cpu_model=$(awk -F': *' '/^(model name|Hardware)/ {print $2; exit}' /proc/cpuinfo 2>/dev/null)"
 """ + _STATE_SCRIPT
 
-# Android battery status codes (BatteryManager.BATTERY_STATUS_*): 2 charging, 5 full
-_CHARGING_STATUS = {"2", "5", "Charging", "Full"}
-
-
 def _run_script(device: Device, script: str) -> list[tuple[str, str]]:
     result = device.run(["sh", "-c", script], timeout=60.0)
     pairs = []
@@ -87,15 +84,6 @@ def _first_number(*texts: str | None) -> float | None:
     return None
 
 
-def _celsius(raw: str | None) -> float | None:
-    """Thermal zones report millidegrees (a few report degrees); implausible readings are dropped."""
-    value = _number(raw)
-    if value is None:
-        return None
-    value = value / 1000.0 if abs(value) >= 200 else value
-    return value if -40.0 <= value <= 150.0 else None
-
-
 def _count_cpus(possible: str | None) -> int | None:
     """CPU count from a sysfs range list such as ``0-3,6``."""
     if not possible:
@@ -116,18 +104,18 @@ def _state(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     for key, value in pairs:
         if key == "thermal":
             zone, _, raw = value.rpartition("=")
-            celsius = _celsius(raw)
-            if celsius is not None:
-                thermal[zone or f"zone{len(thermal)}"] = celsius
+            degrees = celsius(raw)
+            if degrees is not None:
+                thermal[zone or f"zone{len(thermal)}"] = degrees
     state: dict[str, Any] = {"thermal_zones_c": thermal}
     if thermal:
         state["thermal_c"] = max(thermal.values())
     battery = _first_number(values.get("battery_percent"), values.get("dumpsys_level"))
     if battery is not None:
         state["battery_percent"] = battery
-        status = values.get("battery_status") or values.get("dumpsys_status")
+        status = charging(values.get("battery_status") or values.get("dumpsys_status"))
         if status is not None:
-            state["charging"] = 1.0 if status in _CHARGING_STATUS else 0.0
+            state["charging"] = status
         # both sysfs and dumpsys report tenths of a degree
         tenths = _first_number(values.get("battery_temp"), values.get("dumpsys_temperature"))
         if tenths is not None:

@@ -9,7 +9,7 @@
   memory of the whole portfolio vs one dense model, and device facts collected once; each variant's
   results are written to the manifest (``variant.devices[<device id>]``) as soon as they are measured.
 * :func:`switch_session` runs inference continuously on the device while a policy from
-  :mod:`lightning_shifter.runtime` picks the variant as conditions change, and reports every switch.
+  :mod:`lightning_shifter.policy` picks the variant as conditions change, and reports every switch.
 * :func:`on_devices` runs any of them on several devices at once, one thread per device.
 
 A device that drops off mid-run is waited for and the step retried; when it does not come back the
@@ -45,11 +45,12 @@ from lightning_shifter.device.builds import RunnerBuild, find_runner_build
 from lightning_shifter.device.facts import collect_facts
 from lightning_shifter.device.runner import RunnerSession, check_request_value
 from lightning_shifter.device.transport import Device, DeviceError, wait_for
-from lightning_shifter.portfolio import MANIFEST_NAME, Portfolio, PortfolioError, sha256_file
+from lightning_shifter.policy import Option, Policy
+from lightning_shifter.portfolio import MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, Portfolio, PortfolioError, sha256_file
+from lightning_shifter.signals import Signal
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8")
 _MANIFEST_LOCK = threading.Lock()  # one manifest writer at a time across device threads
 
 
@@ -114,7 +115,7 @@ def _device_manifest(portfolio: Portfolio, roles: Sequence[str]) -> dict[str, An
         if files:
             variants.append({"name": variant.name, "round": variant.round, "density": variant.density,
                              "params": variant.params, "macs": variant.macs, "files": files})
-    return {"schema_version": 1, "input": {"shape": list(portfolio.input_shape), "dtype": portfolio.input_dtype},
+    return {"schema_version": SCHEMA_VERSION, "input": {"shape": list(portfolio.input_shape), "dtype": portfolio.input_dtype},
             "variants": variants}
 
 
@@ -521,17 +522,17 @@ class SwitchReport:
         return table
 
 
-def device_options(portfolio: Portfolio, device_id: str, precisions: Sequence[str]) -> list[Any]:
+def device_options(portfolio: Portfolio, device_id: str, precisions: Sequence[str]) -> list[Option]:
     """Policy options from the manifest. Latency: measured on this device (:func:`bench`), else on
     the host, else None. Memory: the runner's resident memory holding only that variant on this device, else
-    the program's file size. Accuracy as the host Switcher reports it.
+    the program's file size. Accuracy: :meth:`~lightning_shifter.portfolio.Variant.program_accuracy`, as on the host.
 
     Example::
 
         >>> import tempfile
         >>> from lightning_shifter.device import device_options
         >>> from lightning_shifter.portfolio import Portfolio, Variant
-        >>> from lightning_shifter.runtime import LatencyBudget
+        >>> from lightning_shifter.policy import LatencyBudget
         >>> p = Portfolio.create(tempfile.mkdtemp(), input_shape=(1, 4))
         >>> for r, (acc, host_ms) in enumerate([(0.98, 4.0), (0.95, 1.0)]):
         ...     name = f"round-{r:02d}"
@@ -545,8 +546,6 @@ def device_options(portfolio: Portfolio, device_id: str, precisions: Sequence[st
         >>> LatencyBudget().choose(options, {"latency_budget_ms": 3.5}).name
         'round-01'
     """
-    from lightning_shifter.runtime import Option
-
     options = []
     for variant in portfolio.variants:
         for precision in precisions:
@@ -556,16 +555,12 @@ def device_options(portfolio: Portfolio, device_id: str, precisions: Sequence[st
             latency = on_device.get("p50_ms", variant.host.get(precision, {}).get("p50_ms"))
             memory_kb = on_device.get("alone_rss_kb")
             memory_mb = memory_kb / 1024 if memory_kb is not None else variant.files[precision].bytes / 2**20
-            accuracy = variant.metrics.get(f"val_acc_{precision}")
-            if accuracy is None and precision == "fp32":
-                accuracy = variant.accuracy
-            options.append(Option(variant.name, precision, None if accuracy is None else float(accuracy),
-                                  latency, memory_mb))
+            options.append(Option(variant.name, precision, variant.program_accuracy(precision), latency, memory_mb))
     return options
 
 
-def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, policy: Any,
-                   signals: Iterable[Any] = (), duration_s: float = 10.0, precisions: Sequence[str] = ("fp32",),
+def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, policy: Policy,
+                   signals: Iterable[Signal] = (), duration_s: float = 10.0, precisions: Sequence[str] = ("fp32",),
                    infer_n: int = 1, deployment: Deployment | None = None,
                    on_switch: Callable[[DeviceSwitch], None] | None = None, retries: int = 2,
                    retry_delay_s: float = 1.0, timeout_s: float = 60.0,
@@ -575,7 +570,7 @@ def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, pol
     ``variants`` limits the choice to those names (default: every variant with a program).
 
     Before each inference the conditions are read from ``signals`` (objects with ``read() -> dict``,
-    e.g. :class:`~lightning_shifter.runtime.ScheduleSignal` for a latency budget over time or
+    e.g. :class:`~lightning_shifter.signals.ScheduleSignal` for a latency budget over time or
     :class:`~lightning_shifter.device.DeviceSignal` for the device's temperature and battery) and
     ``policy.choose(options, conditions)`` decides; a different decision switches the runner, and
     the switch is reported (``on_switch``, the log, and the returned report). Programs without a
@@ -586,7 +581,8 @@ def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, pol
         >>> import tempfile
         >>> import rich
         >>> from lightning_shifter.device import DeviceSignal, LocalDevice, switch_session
-        >>> from lightning_shifter.runtime import LatencyBudget, ScheduleSignal
+        >>> from lightning_shifter.policy import LatencyBudget
+        >>> from lightning_shifter.signals import ScheduleSignal
         >>> device = LocalDevice(tempfile.mkdtemp())
         >>> budget = ScheduleSignal("latency_budget_ms", [(0, 5.0), (2, 0.05)])  # tightens after 2 s
         >>> report = switch_session(device, "portfolio/", LatencyBudget(), duration_s=4,
@@ -640,14 +636,11 @@ def switch_session(device: Device, portfolio: Portfolio | str | os.PathLike, pol
     raise AssertionError("unreachable")
 
 
-def _timed(option: Any, session: RunnerSession) -> Any:
-    from lightning_shifter.runtime import Option
-
-    p50 = session.bench(option.name, warmup=3, runs=20)["p50_ms"]
-    return Option(option.name, option.precision, option.accuracy, p50, option.memory_mb)
+def _timed(option: Option, session: RunnerSession) -> Option:
+    return replace(option, latency_ms=session.bench(option.name, warmup=3, runs=20)["p50_ms"])
 
 
-def _switch_loop(sessions: Mapping[str, RunnerSession], policy: Any, signals: Sequence[Any], options: list[Any],
+def _switch_loop(sessions: Mapping[str, RunnerSession], policy: Policy, signals: Sequence[Signal], options: list[Option],
                  report: SwitchReport, start: float, duration_s: float, infer_n: int,
                  on_switch: Callable[[DeviceSwitch], None] | None) -> None:
     active: tuple[str, str] | None = None  # a new connection starts with no program chosen

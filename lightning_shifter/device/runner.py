@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning_shifter.device.transport import Channel, Device, DeviceError
+from lightning_shifter.errors import ShifterError
+from lightning_shifter.portfolio import PRECISIONS
 
 
 _INFO_LINE = re.compile(r"^I \d\d:\d\d:\d\d")
@@ -51,7 +53,7 @@ def check_request_value(name: str, value: int) -> int:
     return value
 
 
-class RunnerError(RuntimeError):
+class RunnerError(ShifterError, RuntimeError):
     """The runner answered a request with an error; the session is still usable."""
 
     def __init__(self, message: str, response: dict[str, Any]) -> None:
@@ -78,8 +80,8 @@ class RunnerSession:
                  variants: Sequence[str] | None = None, library_dir: str | None = None,
                  log_path: str | None = None, timeout_s: float = 60.0, ready_timeout_s: float = 300.0,
                  extra_args: Sequence[str] = ()) -> None:
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = device
         self.timeout_s = timeout_s
         self.log_path = log_path or posixpath.join(posixpath.dirname(portfolio_dir), "logs", "runner.log")

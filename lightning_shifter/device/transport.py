@@ -36,6 +36,8 @@ from typing import Any
 import adbutils
 from adbutils._adb import AdbConnection
 
+from lightning_shifter.errors import ShifterError
+
 ADB_WORKDIR = "/data/local/tmp/lightning-shifter"
 DEFAULT_ADB_PORT = 5037
 # ABI names as Android reports them (``ro.product.cpu.abi``), for this machine's architecture
@@ -45,7 +47,7 @@ _TRANSPORT_ERRORS = (adbutils.AdbError, OSError, EOFError)
 _SHA256_LINE = re.compile(r"^([0-9a-f]{64})\s+\*?(.+)$")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ShifterError, RuntimeError):
     """A device that cannot be used, or that went away; the message says what to do."""
 
 

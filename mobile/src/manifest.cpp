@@ -20,7 +20,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;  // version 1 has the same fields this runner reads: both are read
 constexpr off_t kMaxManifestBytes = off_t(64) << 20;
 constexpr int64_t kMaxInputElements = int64_t(1) << 26;
 
@@ -195,11 +195,12 @@ Manifest read_manifest(const std::string& dir, const std::string& precision) {
     throw ManifestError("'" + manifest_path + "' is JSON but not an object (it is " +
                         document.type_name() + "); re-export the portfolio");
   }
-  if (!document.contains("schema_version") || document["schema_version"] != kSchemaVersion) {
+  if (!document.contains("schema_version") ||
+      (document["schema_version"] != 1 && document["schema_version"] != kSchemaVersion)) {
     throw ManifestError("'" + manifest_path + "' has schema_version " +
                         (document.contains("schema_version") ? document["schema_version"].dump()
                                                              : std::string("(missing)")) +
-                        " but this runner reads only schema_version 1; rebuild the runner or "
+                        " but this runner reads only schema_version 1 or 2; rebuild the runner or "
                         "re-export the portfolio with a matching lightning-shifter");
   }
   Manifest manifest;

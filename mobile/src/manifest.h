@@ -1,4 +1,4 @@
-// Reads a portfolio's manifest.json (schema_version 1, see mobile/README.md) and checks the
+// Reads a portfolio's manifest.json (schema_version 1 or 2, see mobile/README.md) and checks the
 // program files it lists, without loading them.
 #pragma once
 

@@ -1,6 +1,8 @@
 """2-process CPU DDP run of IterativeMagnitudePruning; each rank writes a digest of its masks.
 
-Usage: python imp_ddp.py OUT_DIR [magnitude|channel]. Lightning re-launches this script for rank 1. Rank 1's weights
+Usage: python imp_ddp.py OUT_DIR [magnitude|channel] [none|csv]. Lightning re-launches this script for rank 1.
+Without a logger the per-round summary goes to OUT_DIR/imp.json; with a CSV logger to imp.json in its folder
+(trainer.log_dir, which every rank must ask at once). Rank 1's weights
 are perturbed before every prune, so masks computed per rank would differ: identical digests show
 that rank 0's masks are broadcast.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_shifter import IterativeMagnitudePruning
 from lightning_shifter.criteria import ChannelAwareMagnitude, magnitude
@@ -46,12 +49,13 @@ class Digest(Callback):
         }))
 
 
-def main(out: Path, criterion: str) -> None:
+def main(out: Path, criterion: str, logger: str) -> None:
     pl.seed_everything(0)
-    imp = IterativeMagnitudePruning(rounds=2, epochs_per_round=1, rewind_step=2, summary_file=out / "imp.json",
-                                    verbose=False,
+    imp = IterativeMagnitudePruning(rounds=2, epochs_per_round=1, rewind_step=2,
+                                    summary_file="imp.json" if logger == "csv" else out / "imp.json", verbose=False,
                                     criterion=ChannelAwareMagnitude(alpha=2.0) if criterion == "channel" else magnitude)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3,
+                         logger=CSVLogger(out, name="logs") if logger == "csv" else False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_train_batches=4, limit_val_batches=1, num_sanity_val_steps=0,
                          callbacks=[PerturbRankOne(), imp, Digest(imp, out)])
@@ -59,4 +63,4 @@ def main(out: Path, criterion: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "magnitude")
+    main(Path(sys.argv[1]), *(sys.argv[2:] + ["magnitude", "none"][len(sys.argv) - 2:]))
