@@ -20,8 +20,8 @@ comparison, and the result holds the model's state as it was.
 Speed: the copy is structural (new module objects, cloned tensors, no deep copy of anything else),
 the model runs twice before and twice after (example and random input; a third time each for
 ``check_inputs``), and MACs are computed from the recorded shapes rather than under a flop counter.
-:mod:`.original` restates the original DNNShifter rule for comparison (``bench/compaction.py``
-measures both).
+:mod:`.original` restates the original DNNShifter rule for comparison (the demo reports both,
+``bench/compaction.py`` measures both).
 
 Example:
     >>> import torch
