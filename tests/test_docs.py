@@ -21,6 +21,7 @@ MODULES = [
     "lightning_shifter.compaction",
     "lightning_shifter.compaction.original",
     "lightning_shifter.compaction.report",
+    "lightning_shifter.compaction.rules",
     "lightning_shifter.demo",
     "lightning_shifter.device.builds",
     "lightning_shifter.device.facts",
