@@ -47,8 +47,7 @@ void emit(const json& message) {
 
 struct Options {
   std::string portfolio;
-  RunnerOptions runner;
-  int64_t threads = 0;  // 0 = ExecuTorch's default
+  RunnerOptions runner;  // runner.threads: 0 = ExecuTorch's default
   bool bench = false;
   int64_t warmup = 5;
   int64_t runs = 50;
@@ -101,8 +100,7 @@ Options parse_options(int argc, char** argv) {
         start = comma + 1;
       }
     } else if (flag == "--threads") {
-      options.threads = parse_count(flag, value(), 1, 1024);
-      options.runner.threads = uint32_t(options.threads);
+      options.runner.threads = uint32_t(parse_count(flag, value(), 1, 1024));
     } else if (flag == "--verify") {
       const std::string level = value();
       if (level == "sha256") options.runner.verify = Verify::Sha256;
@@ -235,8 +233,8 @@ int run_main(int argc, char** argv) {
     }
     return 0;
   }
-  if (options.threads > 0 && !set_thread_count(uint32_t(options.threads))) {
-    fatal("could not resize ExecuTorch's thread pool to " + std::to_string(options.threads));
+  if (options.runner.threads > 0 && !set_thread_count(options.runner.threads)) {
+    fatal("could not resize ExecuTorch's thread pool to " + std::to_string(options.runner.threads));
   }
   Manifest manifest;
   try {
