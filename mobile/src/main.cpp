@@ -192,7 +192,7 @@ int serve(Runner& runner) {
     } catch (const std::exception& e) {
       emit(error_line(request.cmd, request.id, std::string("internal error: ") + e.what()));
     }
-    if (request.cmd == "quit") {
+    if (request.command == Command::Quit) {
       return 0;
     }
   }
@@ -201,8 +201,7 @@ int serve(Runner& runner) {
 
 int bench_once(Runner& runner, const Options& options) {
   for (const auto& variant : runner.variants()) {
-    Request request;
-    request.cmd = "bench";
+    Request request = default_request(Command::Bench);
     request.variant = variant->name;
     request.warmup = options.warmup;
     request.runs = options.runs;
@@ -213,8 +212,7 @@ int bench_once(Runner& runner, const Options& options) {
       return 1;
     }
   }
-  Request stats;
-  stats.cmd = "stats";
+  const Request stats = default_request(Command::Stats);
   emit(success_line(stats, runner.handle(stats)));
   return runner.failed().empty() && !runner.empty() ? 0 : 1;
 }

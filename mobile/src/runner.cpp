@@ -263,12 +263,20 @@ LoadedVariant& Runner::resolve(const std::string& name) {
 }
 
 json Runner::handle(const Request& request) {
-  if (request.cmd == "switch") return do_switch(request);
-  if (request.cmd == "infer") return infer(request);
-  if (request.cmd == "bench") return bench(request);
-  if (request.cmd == "bench_reload") return bench_reload(request);
-  if (request.cmd == "stats") return stats();
-  if (request.cmd == "quit") return json::object();
+  switch (request.command) {
+    case Command::Switch:
+      return do_switch(request);
+    case Command::Infer:
+      return infer(request);
+    case Command::Bench:
+      return bench(request);
+    case Command::BenchReload:
+      return bench_reload(request);
+    case Command::Stats:
+      return stats();
+    case Command::Quit:
+      return json::object();
+  }
   throw CommandError("command '" + request.cmd + "' is not implemented");
 }
 
