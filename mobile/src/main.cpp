@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -214,7 +215,7 @@ int bench_once(Runner& runner, const Options& options) {
   }
   const Request stats = default_request(Command::Stats);
   emit(success_line(stats, runner.handle(stats)));
-  return runner.failed().empty() && !runner.empty() ? 0 : 1;
+  return runner.failures().empty() && !runner.empty() ? 0 : 1;
 }
 
 int run_main(int argc, char** argv) {
@@ -249,11 +250,11 @@ int run_main(int argc, char** argv) {
     }
     if (!known) fatal("--variants names '" + wanted + "', which the manifest does not list; it lists: " + names);
   }
-  Runner runner(options.portfolio, std::move(manifest), options.runner);
+  const std::unique_ptr<Runner> runner = Runner::load(options.portfolio, std::move(manifest), options.runner);
   const double startup_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  emit(runner.ready_event(startup_ms));
-  return options.bench ? bench_once(runner, options) : serve(runner);
+  emit(runner->ready_event(startup_ms));
+  return options.bench ? bench_once(*runner, options) : serve(*runner);
 }
 
 }  // namespace
