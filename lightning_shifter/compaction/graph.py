@@ -208,9 +208,9 @@ class Analysis:
     def slice_with(self, module: nn.Module, name: str, dim: int, source: Channels) -> None:
         """The tensor ``name`` of ``module`` (a parameter or buffer) is indexed along ``dim`` by the
         channels of ``source``: the rewrite removes its entries where those channels go."""
-        tensor = module.get_parameter(name) if name in dict(module.named_parameters()) else None
-        if tensor is None:
-            tensor = module.get_buffer(name) if name in dict(module.named_buffers()) else None
+        tensors = {**dict(module.named_parameters(remove_duplicate=False)),
+                   **dict(module.named_buffers(remove_duplicate=False))}
+        tensor = tensors.get(name)
         if tensor is None:
             raise ValueError(f"{type(module).__name__} has no parameter or buffer '{name}'")
         count = source.ids.numel()
@@ -220,7 +220,6 @@ class Analysis:
                 f"{count} channels of its input along dim {dim}"
             )
         self.graph.sliced.append((module, name, dim, source.ids))
-
 
     def pin(self, nodes: list[fx.Node], reason: str) -> None:
         for node in nodes:

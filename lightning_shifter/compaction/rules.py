@@ -117,8 +117,9 @@ def register_channel_rule(target: type[nn.Module] | Callable[..., Any] | str, ru
     Args:
         target: a module class (its subclasses included; the module is then traced as one call,
             not through its ``forward``), a function (traced as one call where ``forward`` calls
-            it by a global name, as with ``torch.fx``'s ``autowrap_functions``; otherwise wrap it
-            with ``torch.fx.wrap``), or a tensor method's name such as ``"abs"``.
+            it by a global name not starting with ``_``, as with ``torch.fx``'s
+            ``autowrap_functions``; otherwise wrap it with ``torch.fx.wrap``), or a tensor
+            method's name such as ``"abs"``.
         rule: usually a :class:`ChannelWise`; any callable ``rule(analysis, node)`` that records
             the node's result through :class:`~lightning_shifter.compaction.graph.Analysis`, as
             the built-in rules of :mod:`lightning_shifter.compaction.rules` do. It replaces a
