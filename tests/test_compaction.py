@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,6 +280,18 @@ def test_report_summary_is_json_and_consistent():
     console = Console(record=True, width=160)
     console.print(report)
     assert "stem.0" in console.export_text()
+
+
+def test_compacting_imports_rich_only_to_print_a_table():
+    code = (
+        "import sys, torch\n"
+        "from lightning_shifter.compaction import compact\n"
+        "report = compact(torch.nn.Linear(3, 2), torch.randn(1, 3)).report\n"
+        "assert 'rich' not in sys.modules, 'compacting imported rich'\n"
+        "report.table()\n"
+        "assert 'rich' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_count_macs_counts_convolutions_and_linear_layers():

@@ -24,6 +24,7 @@ MODULES = [
     "lightning_shifter.compaction",
     "lightning_shifter.compaction.original",
     "lightning_shifter.compaction.report",
+    "lightning_shifter.compaction.rules",
     "lightning_shifter.demo",
     "lightning_shifter.demo.data",
     "lightning_shifter.demo.models",

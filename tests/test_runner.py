@@ -179,6 +179,17 @@ def test_bench_reload_loads_from_storage_again(runner, portfolio):
     assert runner.send({"cmd": "stats"})["current"] == list(portfolio.models)[0]
 
 
+def test_fields_a_request_leaves_out_take_their_documented_defaults(runner, portfolio):
+    name = list(portfolio.models)[1]
+    reload = runner.send({"cmd": "bench_reload", "variant": name})
+    assert reload["runs"] == 5 and len(reload["load_ms"]) == 5
+    bench = runner.send({"cmd": "bench"})
+    assert (bench["warmup"], bench["runs"], bench["variant"]) == (5, 50, list(portfolio.models)[0])
+    infer = runner.send({"cmd": "infer"})
+    assert infer["n"] == 1 and len(infer["latency_ms"]) == 1 and len(infer["output"]) == 10
+    assert len(runner.send({"cmd": "infer", "max_output": 3})["output"]) == 3
+
+
 BAD_REQUESTS = [
     ("{not json", None, "malformed JSON"),
     ("", None, "malformed JSON"),

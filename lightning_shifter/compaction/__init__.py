@@ -12,6 +12,11 @@ compaction differs there by float64 rounding, ~1e-12), and the float32 differenc
 the model's own float32 rounding. A compacted model that fails is never returned:
 :class:`CompactionError` names the first diverging layer instead.
 
+What each op does to channels comes from a registry of channel rules (:mod:`.rules`). An op without
+a rule keeps every channel it touches; :func:`register_channel_rule` teaches the analysis a new one
+(a :class:`ChannelWise` rule for a custom per-channel module, function or tensor method), and a wrong
+rule is caught by the same check, naming the rule.
+
 The input model is never modified: the copy owns its tensors, every run gets its own copy of the
 inputs (a model may change them in place) and starts from the same buffer state, so a forward that
 updates a buffer (a counter, a running statistic) changes neither the caller's model nor the
@@ -20,8 +25,8 @@ comparison, and the result holds the model's state as it was.
 Speed: the copy is structural (new module objects, cloned tensors, no deep copy of anything else),
 the model runs twice before and twice after (example and random input; a third time each for
 ``check_inputs``), and MACs are computed from the recorded shapes rather than under a flop counter.
-:mod:`.original` restates the original DNNShifter rule for comparison (``bench/compaction.py``
-measures both).
+:mod:`.original` restates the original DNNShifter rule for comparison (the demo reports both,
+``bench/compaction.py`` measures both).
 
 Example:
     >>> import torch
@@ -61,12 +66,20 @@ from lightning_shifter.compaction.report import (
     merge_layers,
 )
 from lightning_shifter.compaction.rewrite import rewrite
+from lightning_shifter.compaction.rules import (
+    ChannelRuleError,
+    ChannelWise,
+    leaf_module_types,
+    register_channel_rule,
+    unregister_channel_rule,
+    wrapped_functions,
+)
 from lightning_shifter.compaction.verify import error, first_divergence, leaves, random_like, to_float64
 from lightning_shifter.errors import ShifterError
 
 __all__ = [
-    "CompactionError", "CompactionReport", "CompactionResult", "LayerReport", "compact", "count_macs",
-    "materialized_copy",
+    "ChannelWise", "CompactionError", "CompactionReport", "CompactionResult", "LayerReport", "compact", "count_macs",
+    "materialized_copy", "register_channel_rule", "unregister_channel_rule",
 ]
 
 RANDOM_CHECKS = 1  # random inputs verified besides the example and ``check_inputs``
@@ -184,9 +197,23 @@ def _working_copy(model: nn.Module) -> nn.Module:
     return _structural_copy(model, {}).eval()
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's default tracer, except that modules and functions with a channel rule registered
+    by the user stay one call in the graph (their rule describes them as a whole)."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=wrapped_functions())
+        self.leaf_types = leaf_module_types()
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ...
         raise CompactionError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
@@ -248,6 +275,23 @@ def _run(fn: Any, inputs: tuple[Tensor, ...], what: str) -> Any:
         ) from exc
 
 
+def _analyse(gm: fx.GraphModule, meta: dict[fx.Node, Any]) -> ChannelGraph:
+    try:
+        return analyse(gm, meta)
+    except ChannelRuleError as exc:
+        raise CompactionError(str(exc)) from exc
+
+
+def _user_rules(passes: list[tuple[ChannelGraph, Removal]]) -> str:
+    """Where the analysis relied on rules registered by the user, for an error message ('' if nowhere)."""
+    applied = list(dict.fromkeys(where for graph, _ in passes for where in graph.user_rules))
+    if not applied:
+        return ""
+    return (f"It relied on channel rules registered by the user: {'; '.join(applied)}. A rule that misdescribes "
+            "its op makes compaction inexact: fix it, or unregister it (unregister_channel_rule) to keep that "
+            "op's channels as they are.")
+
+
 def _count_macs(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> int:
     [macs] = _runs(gm, [inputs], "example_inputs", lambda *x: count_macs(gm, x))
     return macs
@@ -263,7 +307,7 @@ def _float64_check(model: nn.Module, passes: list[tuple[ChannelGraph, Removal]],
     truth = [leaves(y) for y in _runs(gm, inputs, "the float64 check")]
     for graph, removal in passes:
         meta, _ = _record(gm, inputs[0])
-        again = analyse(gm, meta)
+        again = _analyse(gm, meta)
         if again.num_ids != graph.num_ids or len(again.layers) != len(graph.layers):
             raise CompactionError("the float64 copy traces to another graph")
         rewrite(gm, again, removal)
@@ -346,11 +390,12 @@ def compact(
     # then analyse again, so that compacting the result would remove nothing more.
     passes: list[tuple[ChannelGraph, Removal]] = []
     while True:
-        graph = analyse(gm, meta)
+        graph = _analyse(gm, meta)
         if not passes:
             # convolutions and linear layers are the only ops with MACs that the analysis
-            # understands; anything else is counted by running the model under a flop counter
-            macs_before = layer_macs(graph, meta) if not graph.unsupported else _count_macs(gm, inputs)
+            # understands; anything else (a user's op included) is counted under a flop counter
+            by_layers = not graph.unsupported and not graph.user_rules
+            macs_before = layer_macs(graph, meta) if by_layers else _count_macs(gm, inputs)
         removal = decide(graph)
         mark = lap("analysis", mark)
         ungrouped = [layer for layer in graph.layers if layer.groups > 1]
@@ -361,7 +406,14 @@ def compact(
             break
         meta, _ = _record(gm, inputs)
 
-    results = [leaves(y) for y in _runs(gm, checks, "the verification inputs after compaction")]
+    try:
+        results = [leaves(y) for y in _runs(gm, checks, "the verification inputs after compaction")]
+    except CompactionError as exc:
+        if not _user_rules(passes):
+            raise
+        cause = exc.__cause__
+        message = str(cause).split("\n\n")[0]  # fx appends its own traceback after a blank line
+        raise CompactionError(f"the compacted model fails to run: {type(cause).__name__}: {message}. {_user_rules(passes)}") from exc
     errors = [error(reference, result) for reference, result in zip(references, results)]
     worst = max(err for err, _ in errors)
     float64_error = None
@@ -380,12 +432,15 @@ def compact(
         if not (float64_error <= tolerance * FLOAT64_TOLERANCE_RATIO * scale64
                 and ours <= tolerance * scale + ROUNDING_FACTOR * own_rounding):
             where = first_divergence(_trace(_working_copy(model)), gm, passes, x, tolerance)
-            cause = ("This is a bug in compaction for this architecture: please report it with the model definition."
-                     if all(bool(torch.isfinite(t).all()) for ref in references for t in ref if t.is_floating_point())
-                     else "The original model outputs NaN or infinity: check its weights and inputs.")
+            if not all(bool(torch.isfinite(t).all()) for ref in references for t in ref if t.is_floating_point()):
+                cause = "The original model outputs NaN or infinity: check its weights and inputs."
+            else:
+                cause = (_user_rules(passes) or "This is a bug in compaction for this architecture: "
+                         "please report it with the model definition.")
             raise CompactionError(f"{problem}; {detail}; first divergence: {where}. {cause}")
     mark = lap("verify", mark)
-    macs_after = layer_macs(graph, meta) if not graph.unsupported else _count_macs(gm, inputs)
+    by_layers = not graph.unsupported and not graph.user_rules
+    macs_after = layer_macs(graph, meta) if by_layers else _count_macs(gm, inputs)
     report = CompactionReport(
         layers=merge_layers([layer_reports(g, r) for g, r in passes]),
         params_before=params_before,

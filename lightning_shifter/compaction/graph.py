@@ -22,54 +22,24 @@ zero, when every surviving output reads it with zero weights ("unused"), or when
 the layer can absorb into its bias exactly (linear layers, and convolutions whose every output
 position sees the same kernel taps). These reads are collected as :class:`Read`. Weights count
 only on the taps that meet the input at the recorded shape (:func:`_taps`): on small maps the
-others multiply padding zeros for every input of that shape. Anything the interpretation does not understand pins the
-channels it touches (they stay) and is named in ``unsupported``.
+others multiply padding zeros for every input of that shape.
+
+Which of these transfer functions an op gets is decided by its channel rule (:mod:`.rules`: the
+built-in ones and those users register). An op without a rule pins the channels it touches (they
+stay), its result counts as varying, and it is named in ``unsupported``.
 """
 
 from __future__ import annotations
 
 import functools
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-_UNARY_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-)
-_UNARY_FUNCTIONS = {
-    torch.relu, F.relu, F.relu6, F.hardtanh, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu,
-    F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus,
-    torch.clamp, torch.clip,
-}
-_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
-_UNARY_METHODS = {"relu", "sigmoid", "tanh", "clamp", "clip", "contiguous", "clone", "detach"}
-_BINARY = {
-    operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add",
-    operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "sub": "sub",
-    operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul",
-    operator.truediv: "div", torch.div: "div", "div": "div",
-}
-_BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-}
-_POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)
-_POOL_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-}
-_AVG_POOL_FUNCTIONS = {F.avg_pool1d: 3, F.avg_pool2d: 3, F.avg_pool3d: 3}  # padding arg position
-_CAT = {torch.cat, torch.concat, torch.concatenate}
+from lightning_shifter.compaction.rules import ChannelRuleError, describe, node_arg, op_name, rule_for, tensor_inputs
+
 _HARMLESS_ATTRS = {"dtype", "device", "ndim", "is_cuda", "requires_grad"}
 
 
@@ -126,6 +96,9 @@ class ChannelGraph:
     values: dict[fx.Node, Channels] = field(default_factory=dict)
     flattens: dict[fx.Node, tuple[int, int]] = field(default_factory=dict)  # view/reshape -> flatten
     unsupported: list[str] = field(default_factory=list)
+    # (module, tensor name, dim, channel ids): module tensors indexed by channels, sliced with them
+    sliced: list[tuple[nn.Module, str, int, Tensor]] = field(default_factory=list)
+    user_rules: list[str] = field(default_factory=list)  # where a rule registered by the user was applied
 
 
 def _kernel_sum(weight: Tensor, out_count: int, per_group: int, columns: Tensor, taps: Tensor | None) -> Tensor:
@@ -186,19 +159,19 @@ def _axis_taps(size: int, kernel: int, stride: int, dilation: int, before: int, 
     return tuple(reach.tolist()), bool((inside == reach).all())
 
 
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
+class Analysis:
+    """The channel-level interpretation of one traced model, as a channel rule sees it.
 
+    A rule (:mod:`.rules`) is called as ``rule(analysis, node)`` for each node it is registered for
+    and records what the node's result holds with these methods: :meth:`channels` and
+    :meth:`shape` of a value, :meth:`module` a node calls, :meth:`same` (the result keeps channel
+    ``c`` at index ``c``), :meth:`slice_with` (a module tensor indexed by those channels),
+    :meth:`unsupported` (keep what the node touches). The built-in rules also use the transfer
+    functions below (:meth:`conv`, :meth:`batch_norm`, :meth:`pool`, :meth:`flatten`,
+    :meth:`reshape`, :meth:`reduce`, :meth:`binary`, :meth:`cat`). A node whose result is not a
+    tensor (a size, a tuple) is handled here, not by a rule: it may only read shapes.
+    """
 
-def _tensor_nodes(args: Any) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg(args, found.append)
-    return found
-
-
-class _Interpreter:
     def __init__(self, gm: fx.GraphModule, meta: dict[fx.Node, Any]):
         self.gm = gm
         self.meta = meta  # node -> torch.Size for tensor results, or the python value
@@ -216,8 +189,37 @@ class _Interpreter:
         return ids
 
     def shape(self, node: Any) -> torch.Size | None:
+        """The shape ``node`` had on the example, or None when it is not a tensor node."""
         value = self.meta.get(node) if isinstance(node, fx.Node) else None
         return value if isinstance(value, torch.Size) else None
+
+    def channels(self, value: Any) -> Channels | None:
+        """What is known of the channels of ``value`` (a node computed before), or None: opaque."""
+        return self.graph.values.get(value) if isinstance(value, fx.Node) else None
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        """The module a ``call_module`` node calls (None for other nodes)."""
+        return self.modules[node.target] if node.op == "call_module" else None
+
+    def called_once(self, node: fx.Node) -> bool:
+        """Whether the module of this ``call_module`` node is called nowhere else in the graph."""
+        return self.calls[node.target] == 1
+
+    def slice_with(self, module: nn.Module, name: str, dim: int, source: Channels) -> None:
+        """The tensor ``name`` of ``module`` (a parameter or buffer) is indexed along ``dim`` by the
+        channels of ``source``: the rewrite removes its entries where those channels go."""
+        tensors = {**dict(module.named_parameters(remove_duplicate=False)),
+                   **dict(module.named_buffers(remove_duplicate=False))}
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise ValueError(f"{type(module).__name__} has no parameter or buffer '{name}'")
+        count = source.ids.numel()
+        if not -tensor.dim() <= dim < tensor.dim() or tensor.shape[dim] != count:
+            raise ValueError(
+                f"{type(module).__name__}.{name} of shape {tuple(tensor.shape)} is not indexed by the "
+                f"{count} channels of its input along dim {dim}"
+            )
+        self.graph.sliced.append((module, name, dim, source.ids))
 
     def pin(self, nodes: list[fx.Node], reason: str) -> None:
         for node in nodes:
@@ -229,7 +231,7 @@ class _Interpreter:
         """Keep everything this node touches; its result is opaque (varying, untouchable)."""
         name = f"{node.name} ({why})"
         self.graph.unsupported.append(name)
-        self.pin(_tensor_nodes((node.args, node.kwargs)), f"read by unsupported op {name}")
+        self.pin(tensor_inputs((node.args, node.kwargs)), f"read by unsupported op {name}")
 
     def read_channels(self, node: Any, axis: int, reader: str) -> Channels:
         """The input of a layer along ``axis``; an opaque or misaligned input is pinned varying."""
@@ -247,6 +249,10 @@ class _Interpreter:
 
     def same(self, node: fx.Node, source: Channels, value_fn: Callable[[Tensor], Tensor] | None) -> None:
         """Result keeps channel c at index c; ``value_fn`` maps constants (None: varying)."""
+        axis = source.axis
+        shape = self.shape(node)
+        if shape is None or len(shape) < -axis or shape[axis] != source.ids.numel():
+            return self.unsupported(node, "changes the channel axis")
         if value_fn is None:
             const = torch.zeros_like(source.const)
             value = torch.zeros_like(source.value)
@@ -255,10 +261,6 @@ class _Interpreter:
             value = torch.where(const, value_fn(source.value.clone()).to(torch.float64), 0.0)
             const &= torch.isfinite(value)
             value = torch.where(const, value, 0.0)
-        axis = source.axis
-        shape = self.shape(node)
-        if shape is None or len(shape) < -axis or shape[axis] != source.ids.numel():
-            return self.unsupported(node, "changes the channel axis")
         self.graph.values[node] = Channels(axis, source.ids, const, value)
 
     # -- main loop ---------------------------------------------------------------------------
@@ -267,25 +269,23 @@ class _Interpreter:
             if node.op in ("placeholder", "get_attr"):
                 continue  # opaque: whatever reads it keeps its channels
             if node.op == "output":
-                self.pin(_tensor_nodes(node.args), "graph output")
+                self.pin(tensor_inputs(node.args), "graph output")
                 continue
             if self.shape(node) is None:
                 self.non_tensor(node)
                 continue
-            if node.op == "call_module":
-                self.call_module(node)
-            elif node.op in ("call_function", "call_method"):
-                self.call_function(node)
+            if node.op in ("call_module", "call_function", "call_method"):
+                self.apply_rule(node)
         return self.graph
 
     def non_tensor(self, node: fx.Node) -> None:
         """A node whose result is not a tensor (sizes, tuples): it may read shapes only."""
-        inputs = [n for n in _tensor_nodes((node.args, node.kwargs)) if n in self.graph.values]
+        inputs = [n for n in tensor_inputs((node.args, node.kwargs)) if n in self.graph.values]
         if not inputs:
             return
         if node.op == "call_method" and node.target == "size" and len(node.args) + len(node.kwargs) == 2:
             channels = self.graph.values[node.args[0]]
-            dim = _arg(node, 1, "dim", None)
+            dim = node_arg(node, 1, "dim", None)
             ndim = len(self.shape(node.args[0]))
             if isinstance(dim, int) and (dim - ndim if dim >= 0 else dim) != channels.axis:
                 return  # size of another axis: unchanged by compaction
@@ -295,56 +295,24 @@ class _Interpreter:
             return
         self.unsupported(node, "reads a channel count or returns several tensors")
 
-    def call_module(self, node: fx.Node) -> None:
-        module = self.modules[node.target]
-        name = node.target
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)):
-            if self.calls[name] > 1:
-                return self.unsupported(node, f"module '{name}' is called more than once")
-            if isinstance(module, nn.modules.conv._ConvNd):
-                if module.transposed:
-                    return self.unsupported(node, "transposed convolution")
-                return self.conv(node, module)
-            if isinstance(module, nn.Linear):
-                return self.conv(node, module)
-            return self.batch_norm(node, module)
-        source = self.graph.values.get(node.args[0]) if node.args else None
-        if isinstance(module, _UNARY_MODULES) and source is not None and len(node.args) == 1:
-            return self.same(node, source, module)
-        if isinstance(module, _POOL_MODULES) and source is not None:
-            return self.pool(node, source, module)
-        if isinstance(module, nn.Flatten) and source is not None:
-            return self.flatten(node, source, module.start_dim, module.end_dim)
-        self.unsupported(node, type(module).__name__)
-
-    def call_function(self, node: fx.Node) -> None:
-        target = node.target
-        is_method = node.op == "call_method"
-        first = node.args[0] if node.args else None
-        source = self.graph.values.get(first) if isinstance(first, fx.Node) else None
-        rest_is_static = not _tensor_nodes((node.args[1:], node.kwargs))
-        if source is not None and rest_is_static:
-            if (not is_method and target in _UNARY_FUNCTIONS) or (is_method and target in _UNARY_METHODS):
-                if is_method:
-                    return self.same(node, source, lambda v: getattr(v, target)(*node.args[1:], **node.kwargs))
-                return self.same(node, source, lambda v: target(v, *node.args[1:], **node.kwargs))
-            if not is_method and target in _DROPOUT_FUNCTIONS:
-                if _arg(node, 2, "training", True) is False:
-                    return self.same(node, source, lambda v: v)
-                return self.unsupported(node, "dropout traced in training mode")
-            if not is_method and target in _POOL_FUNCTIONS:
-                return self.pool(node, source, None)
-            if (not is_method and target is torch.flatten) or (is_method and target == "flatten"):
-                return self.flatten(node, source, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
-            if (not is_method and target is torch.mean) or (is_method and target in ("mean", "sum")):
-                return self.reduce(node, source, target == "sum")
-        if source is not None and ((is_method and target in ("view", "reshape")) or target is torch.reshape):
-            return self.reshape(node, source)
-        if target in _BINARY and not set(node.kwargs) - {"other"}:
-            return self.binary(node, _BINARY[target])
-        if not is_method and target in _CAT:
-            return self.cat(node)
-        self.unsupported(node, getattr(target, "__name__", str(target)))
+    def apply_rule(self, node: fx.Node) -> None:
+        """Run the rule registered for this node's op; an op without one keeps what it touches."""
+        module = self.module(node)
+        found = rule_for(node, module)
+        if found is None:
+            return self.unsupported(node, op_name(node, module))
+        rule, registered_by_user = found
+        if not registered_by_user:
+            return rule(self, node)
+        where = f"{describe(rule)} registered for {op_name(node, module)} (graph node '{node.name}')"
+        try:
+            rule(self, node)
+        except Exception as exc:
+            raise ChannelRuleError(
+                f"the channel rule {where} failed: {type(exc).__name__}: {exc}. "
+                "Fix the rule, or unregister it (unregister_channel_rule) to keep that op's channels as they are."
+            ) from exc
+        self.graph.user_rules.append(where)
 
     # -- layers ------------------------------------------------------------------------------
     def conv(self, node: fx.Node, module: nn.Module) -> None:
@@ -412,21 +380,8 @@ class _Interpreter:
         self.graph.values[node] = Channels(channels.axis, channels.ids, const, value)
 
     # -- channel-preserving ops ----------------------------------------------------------------
-    def pool(self, node: fx.Node, source: Channels, module: nn.Module | None) -> None:
-        uniform = True  # a constant input gives the same constant everywhere
-        if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
-            padding = module.padding if isinstance(module.padding, tuple) else (module.padding,)
-            uniform = module.divisor_override is None and not module.ceil_mode and (
-                not module.count_include_pad or not any(padding)
-            )
-        elif module is None and node.target in _AVG_POOL_FUNCTIONS:
-            padding = _arg(node, 3, "padding", 0)
-            padding = padding if isinstance(padding, (tuple, list)) else (padding,)
-            uniform = (
-                _arg(node, 6, "divisor_override", None) is None
-                and not _arg(node, 4, "ceil_mode", False)
-                and (not _arg(node, 5, "count_include_pad", True) or not any(padding))
-            )
+    def pool(self, node: fx.Node, source: Channels, uniform: bool) -> None:
+        """Pooling; ``uniform``: a constant input gives the same constant at every output position."""
         if uniform:
             return self.same(node, source, lambda v: v)
         # borders average in padding zeros: only a zero stays uniform
@@ -471,8 +426,8 @@ class _Interpreter:
     def reduce(self, node: fx.Node, source: Channels, is_sum: bool) -> None:
         shape = self.shape(node.args[0])
         ndim = len(shape)
-        dims = _arg(node, 1, "dim", None)
-        keepdim = _arg(node, 2, "keepdim", False)
+        dims = node_arg(node, 1, "dim", None)
+        keepdim = node_arg(node, 2, "keepdim", False)
         if dims is None or node.kwargs.keys() - {"dim", "keepdim"}:
             return self.unsupported(node, "reduction over every axis")
         dims = {d % ndim for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
@@ -487,18 +442,17 @@ class _Interpreter:
         value = source.value * count if is_sum else source.value
         self.graph.values[node] = Channels(out_position - out_ndim, source.ids, source.const.clone(), value)
 
-    def binary(self, node: fx.Node, op_name: str) -> None:
-        op = _BINARY_OPS[op_name]
+    def binary(self, node: fx.Node, name: str, op: Callable[[Any, Any], Any]) -> None:
         operands = list(node.args) + list(node.kwargs.values())
         if len(operands) != 2:
-            return self.unsupported(node, f"{op_name} with extra arguments")
+            return self.unsupported(node, f"{name} with extra arguments")
         out_shape = self.shape(node)
         # the channel layout comes from an operand with the result's full shape
         lead = next(
             (o for o in operands if self.shape(o) == out_shape and o in self.graph.values), None
         )
         if lead is None:
-            return self.unsupported(node, f"{op_name} of tensors without traced channels")
+            return self.unsupported(node, f"{name} of tensors without traced channels")
         axis = self.graph.values[lead].axis
         size = out_shape[axis]
         const = torch.ones(size, dtype=torch.bool)
@@ -508,14 +462,14 @@ class _Interpreter:
         for operand in operands:
             if not isinstance(operand, fx.Node):
                 if not isinstance(operand, (int, float, bool)):
-                    return self.unsupported(node, f"{op_name} with a {type(operand).__name__}")
+                    return self.unsupported(node, f"{name} with a {type(operand).__name__}")
                 values.append(float(operand))
                 zero |= operand == 0
                 continue
             shape = self.shape(operand)
             channels = self.graph.values.get(operand)
             if shape is None or channels is None:
-                return self.unsupported(node, f"{op_name} with an untraced operand")
+                return self.unsupported(node, f"{name} with an untraced operand")
             if channels.axis == axis and len(shape) >= -axis and shape[axis] == size:
                 coupled.append(channels.ids)
                 const &= channels.const
@@ -523,7 +477,7 @@ class _Interpreter:
                 values.append(channels.value)
                 continue
             if len(shape) >= -axis and shape[axis] != 1:
-                return self.unsupported(node, f"{op_name} of tensors with different channel layouts")
+                return self.unsupported(node, f"{name} of tensors with different channel layouts")
             # broadcast along the channels: its own channels stay, as a whole
             self.graph.pins.append((channels.ids, f"broadcast into '{node.name}'"))
             uniform = bool(channels.const.all()) and bool((channels.value == channels.value[0]).all())
@@ -531,7 +485,7 @@ class _Interpreter:
             zero |= uniform and bool(channels.value[0] == 0)
             values.append(float(channels.value[0]) if uniform else 0.0)
         value = torch.as_tensor(op(*values), dtype=torch.float64).expand(size).clone()
-        if op_name == "mul":
+        if name == "mul":
             const |= zero
             value = torch.where(zero, 0.0, value)
         const &= torch.isfinite(value)
@@ -541,8 +495,8 @@ class _Interpreter:
         self.graph.values[node] = Channels(axis, coupled[0], const, value)
 
     def cat(self, node: fx.Node) -> None:
-        inputs = _arg(node, 0, "tensors", None)
-        dim = _arg(node, 1, "dim", 0)
+        inputs = node_arg(node, 0, "tensors", None)
+        dim = node_arg(node, 1, "dim", 0)
         if not isinstance(inputs, (list, tuple)) or not all(n in self.graph.values for n in inputs):
             return self.unsupported(node, "cat of tensors without traced channels")
         parts = [self.graph.values[n] for n in inputs]
@@ -569,4 +523,4 @@ class _Interpreter:
 
 def analyse(gm: fx.GraphModule, meta: dict[fx.Node, Any]) -> ChannelGraph:
     """Interpret ``gm`` channel by channel; ``meta`` holds each node's result shape."""
-    return _Interpreter(gm, meta).run()
+    return Analysis(gm, meta).run()

@@ -14,6 +14,11 @@ single-input ops that keep channels apart (activations, pooling, dropout, flatte
 output reaches an addition, a concatenation, a grouped convolution or the model output is kept,
 because the rule has no notion of slicing those.
 
+It ships with the package, not only with the benchmarks, because users run it: the demo
+(:class:`lightning_shifter.demo.OriginalRule`, ``lightning-shifter demo``) compacts each IMP round
+with it next to :func:`~lightning_shifter.compaction.compact` to report the original rule's size and
+error on the same masks, and ``bench/compaction.py`` and ``bench/real_runs.py`` compare the two.
+
 Example:
     >>> import torch
     >>> from torch import nn

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.table import Table
 from torch import Tensor, fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_shifter.compaction.graph import ChannelGraph
 from lightning_shifter.compaction.removal import FOLDED, UNUSED, ZERO, Removal
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class CompactionReport:
 
     def table(self) -> Table:
         """A rich table: one row per layer that changed or kept constant channels, then totals."""
+        from rich.table import Table  # only when a table is printed: compacting needs no rich
+
         table = Table(title=f"compaction: {self.seconds * 1e3:.1f} ms, max error {self.max_abs_error:.2g}")
         for column in ("layer", "kind", "channels", "zero", "unused", "folded", "kept const", "why kept"):
             table.add_column(column, justify="left" if column in ("layer", "kind", "why kept") else "right")

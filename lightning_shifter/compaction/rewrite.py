@@ -1,9 +1,10 @@
 """Apply a :class:`~.removal.Removal` to the traced copy: one slice per parameter tensor.
 
 Removed constant inputs are folded into the reader's bias (``bias += W[:, c] . k``, summed over the
-kernel). A placeholder channel (kept only so that no tensor ends up with zero channels) has its
-producing weight rows zeroed and every read of it zeroed, after folding its constant like a removed
-one, so its value no longer matters and nothing upstream depends on it.
+kernel). Module tensors that a channel rule declared per channel (:meth:`.graph.Analysis.slice_with`)
+lose the entries of removed channels. A placeholder channel (kept only so that no tensor ends up
+with zero channels) has its producing weight rows zeroed and every read of it zeroed, after folding
+its constant like a removed one, so its value no longer matters and nothing upstream depends on it.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def rewrite(gm: fx.GraphModule, graph: ChannelGraph, removal: Removal) -> None:
                 _rewrite_batch_norm(layer, keep)
         else:
             _rewrite_weighted(layer, reads.get(id(layer)), removal)
+    for module, name, dim, ids in graph.sliced:  # per-channel tensors named by a channel rule
+        keep = ~removal.gone(ids)
+        if not keep.all():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            old = getattr(owner, leaf)
+            new = _select(old.detach(), dim, keep)
+            setattr(owner, leaf, _parameter(new, old) if isinstance(old, nn.Parameter) else new)
     # a view with literal sizes would break once channels are gone; flatten states the intent
     for node, (start, end) in graph.flattens.items():
         node.op, node.target = "call_function", torch.flatten

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,8 +48,7 @@ void emit(const json& message) {
 
 struct Options {
   std::string portfolio;
-  RunnerOptions runner;
-  int64_t threads = 0;  // 0 = ExecuTorch's default
+  RunnerOptions runner;  // runner.threads: 0 = ExecuTorch's default
   bool bench = false;
   int64_t warmup = 5;
   int64_t runs = 50;
@@ -101,8 +101,7 @@ Options parse_options(int argc, char** argv) {
         start = comma + 1;
       }
     } else if (flag == "--threads") {
-      options.threads = parse_count(flag, value(), 1, 1024);
-      options.runner.threads = uint32_t(options.threads);
+      options.runner.threads = uint32_t(parse_count(flag, value(), 1, 1024));
     } else if (flag == "--verify") {
       const std::string level = value();
       if (level == "sha256") options.runner.verify = Verify::Sha256;
@@ -194,7 +193,7 @@ int serve(Runner& runner) {
     } catch (const std::exception& e) {
       emit(error_line(request.cmd, request.id, std::string("internal error: ") + e.what()));
     }
-    if (request.cmd == "quit") {
+    if (request.command == Command::Quit) {
       return 0;
     }
   }
@@ -203,8 +202,7 @@ int serve(Runner& runner) {
 
 int bench_once(Runner& runner, const Options& options) {
   for (const auto& variant : runner.variants()) {
-    Request request;
-    request.cmd = "bench";
+    Request request = default_request(Command::Bench);
     request.variant = variant->name;
     request.warmup = options.warmup;
     request.runs = options.runs;
@@ -215,10 +213,9 @@ int bench_once(Runner& runner, const Options& options) {
       return 1;
     }
   }
-  Request stats;
-  stats.cmd = "stats";
+  const Request stats = default_request(Command::Stats);
   emit(success_line(stats, runner.handle(stats)));
-  return runner.failed().empty() && !runner.empty() ? 0 : 1;
+  return runner.failures().empty() && !runner.empty() ? 0 : 1;
 }
 
 int run_main(int argc, char** argv) {
@@ -235,8 +232,8 @@ int run_main(int argc, char** argv) {
     }
     return 0;
   }
-  if (options.threads > 0 && !set_thread_count(uint32_t(options.threads))) {
-    fatal("could not resize ExecuTorch's thread pool to " + std::to_string(options.threads));
+  if (options.runner.threads > 0 && !set_thread_count(options.runner.threads)) {
+    fatal("could not resize ExecuTorch's thread pool to " + std::to_string(options.runner.threads));
   }
   Manifest manifest;
   try {
@@ -253,11 +250,11 @@ int run_main(int argc, char** argv) {
     }
     if (!known) fatal("--variants names '" + wanted + "', which the manifest does not list; it lists: " + names);
   }
-  Runner runner(options.portfolio, std::move(manifest), options.runner);
+  const std::unique_ptr<Runner> runner = Runner::load(options.portfolio, std::move(manifest), options.runner);
   const double startup_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  emit(runner.ready_event(startup_ms));
-  return options.bench ? bench_once(runner, options) : serve(runner);
+  emit(runner->ready_event(startup_ms));
+  return options.bench ? bench_once(*runner, options) : serve(*runner);
 }
 
 }  // namespace

@@ -12,28 +12,42 @@ using nlohmann::json;
 struct IntField {
   int64_t min;
   int64_t max;
+  int64_t fallback;  // the value when the request does not give the field
   int64_t Request::*target;
 };
 
 struct CommandSpec {
+  Command command;
   std::map<std::string, IntField> ints;
   std::map<std::string, std::string Request::*> strings;
 };
 
+// Every command: its name, its fields with their ranges and defaults.
 const std::map<std::string, CommandSpec>& command_specs() {
   static const std::map<std::string, CommandSpec> specs = {
-      {"switch", {{}, {{"variant", &Request::variant}}}},
+      {"switch", {Command::Switch, {}, {{"variant", &Request::variant}}}},
       {"infer",
-       {{{"n", {1, 100000, &Request::n}}, {"max_output", {0, 1 << 24, &Request::max_output}}},
+       {Command::Infer,
+        {{"n", {1, 100000, 1, &Request::n}}, {"max_output", {0, 1 << 24, 16, &Request::max_output}}},
         {{"input", &Request::input}, {"output_path", &Request::output_path}}}},
       {"bench",
-       {{{"warmup", {0, 100000, &Request::warmup}}, {"runs", {1, 100000, &Request::runs}}},
+       {Command::Bench,
+        {{"warmup", {0, 100000, 5, &Request::warmup}}, {"runs", {1, 100000, 50, &Request::runs}}},
         {{"variant", &Request::variant}}}},
-      {"bench_reload", {{{"runs", {1, 1000, &Request::runs}}}, {{"variant", &Request::variant}}}},
-      {"stats", {}},
-      {"quit", {}},
+      {"bench_reload",
+       {Command::BenchReload, {{"runs", {1, 1000, 5, &Request::runs}}}, {{"variant", &Request::variant}}}},
+      {"stats", {Command::Stats, {}, {}}},
+      {"quit", {Command::Quit, {}, {}}},
   };
   return specs;
+}
+
+Request defaults(const std::string& name, const CommandSpec& spec) {
+  Request request;
+  request.command = spec.command;
+  request.cmd = name;
+  for (const auto& [key, field] : spec.ints) request.*(field.target) = field.fallback;
+  return request;
 }
 
 std::string joined_keys(const std::vector<std::string>& keys) {
@@ -69,27 +83,24 @@ Request parse_request(const std::string& line) {
     throw ProtocolError(nullptr, nullptr,
                         "request is JSON but not an object; send e.g. {\"cmd\":\"stats\"}");
   }
-  Request request;
-  if (auto id = document.find("id"); id != document.end()) {
-    if (id->is_structured()) {
+  json id;
+  if (auto found = document.find("id"); found != document.end()) {
+    if (found->is_structured()) {
       throw ProtocolError(nullptr, nullptr, "'id' must be a string, number, boolean or null");
     }
-    request.id = *id;
+    id = *found;
   }
   auto cmd = document.find("cmd");
   if (cmd == document.end() || !cmd->is_string()) {
-    throw ProtocolError(nullptr, request.id,
-                        "missing string field 'cmd'; one of: " + command_list());
+    throw ProtocolError(nullptr, id, "missing string field 'cmd'; one of: " + command_list());
   }
-  request.cmd = cmd->get<std::string>();
-  auto spec = command_specs().find(request.cmd);
+  const std::string name = cmd->get<std::string>();
+  auto spec = command_specs().find(name);
   if (spec == command_specs().end()) {
-    throw ProtocolError(request.cmd, request.id,
-                        "unknown command '" + request.cmd + "'; one of: " + command_list());
+    throw ProtocolError(name, id, "unknown command '" + name + "'; one of: " + command_list());
   }
-  if (request.cmd == "bench_reload") {
-    request.runs = 5;
-  }
+  Request request = defaults(name, spec->second);
+  request.id = id;
   std::vector<std::string> allowed = {"cmd", "id"};
   for (const auto& [key, _] : spec->second.ints) allowed.push_back(key);
   for (const auto& [key, _] : spec->second.strings) allowed.push_back(key);
@@ -121,11 +132,18 @@ Request parse_request(const std::string& line) {
                               "; allowed: " + joined_keys(allowed));
     }
   }
-  if (request.cmd == "switch" && request.variant.empty()) {
+  if (request.command == Command::Switch && request.variant.empty()) {
     throw ProtocolError(request.cmd, request.id, "switch needs 'variant', e.g. "
                         "{\"cmd\":\"switch\",\"variant\":\"round-03\"}");
   }
   return request;
+}
+
+Request default_request(Command command) {
+  for (const auto& [name, spec] : command_specs()) {
+    if (spec.command == command) return defaults(name, spec);
+  }
+  throw std::logic_error("a command without an entry in the command table");
 }
 
 }  // namespace shifter

@@ -55,6 +55,12 @@ struct FileDescriptor {
   }
 };
 
+// Why one variant cannot be loaded; recorded as a LoadFailure, never seen by a client as an exception.
+class VariantError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -71,15 +77,27 @@ void fill_pattern(std::vector<float>& values) {
   }
 }
 
+std::unique_ptr<Runner> Runner::load(std::string portfolio_dir, Manifest manifest, RunnerOptions options) {
+  std::unique_ptr<Runner> runner(new Runner(std::move(portfolio_dir), std::move(manifest), std::move(options)));
+  runner->protect_portfolio_files();
+  runner->load_variants();
+  return runner;
+}
+
 Runner::Runner(std::string portfolio_dir, Manifest manifest, RunnerOptions options)
     : portfolio_dir_(std::move(portfolio_dir)),
       manifest_(std::move(manifest)),
-      options_(std::move(options)) {
+      options_(std::move(options)),
+      isolation_(options_.isolate ? Isolation::Subprocess : Isolation::Off) {
   size_t numel = 1;
   for (int32_t dim : manifest_.input_shape) numel *= size_t(dim);
   input_.resize(numel);
   fill_pattern(input_);
-  isolation_ = options_.isolate ? "subprocess" : "off";
+  input_tensor_ = executorch::extension::from_blob(
+      input_.data(), {manifest_.input_shape.begin(), manifest_.input_shape.end()});
+}
+
+void Runner::protect_portfolio_files() {
   portfolio_root_ = real_path(portfolio_dir_);
   struct stat info;
   if (stat((portfolio_root_ + "/manifest.json").c_str(), &info) == 0) {
@@ -90,56 +108,77 @@ Runner::Runner(std::string portfolio_dir, Manifest manifest, RunnerOptions optio
       protected_files_.insert({uint64_t(info.st_dev), uint64_t(info.st_ino)});
     }
   }
-  input_tensor_ = executorch::extension::from_blob(
-      input_.data(), {manifest_.input_shape.begin(), manifest_.input_shape.end()});
+}
 
+void Runner::load_variants() {
   for (VariantFile& file : manifest_.variants) {
-    const bool wanted = options_.only_variants.empty() ||
-                        std::find(options_.only_variants.begin(), options_.only_variants.end(),
-                                  file.name) != options_.only_variants.end();
-    if (!wanted) {
+    if (!wanted(file)) {
       continue;
     }
-    const auto verify_start = Clock::now();
-    verify_variant_file(file, options_.verify);
-    const double verify_ms = elapsed_ms(verify_start);
-    std::string error = file.error;
-    double check_ms = 0;
-    if (error.empty() && isolation_ == "subprocess") {
-      const auto check_start = Clock::now();
-      const IsolatedCheck check =
-          check_in_subprocess(portfolio_dir_, options_.precision, file.name, options_.threads);
-      check_ms = elapsed_ms(check_start);
-      if (check.outcome == IsolatedCheck::Outcome::Crashed) {
-        error = "variant '" + file.name + "': loading it crashed a trial process (" + check.detail +
-                "); the .pte is corrupt although it matches the manifest, re-export it";
-      } else if (check.outcome == IsolatedCheck::Outcome::Unavailable) {
-        isolation_ = "unavailable: " + check.detail;
-        check_ms = 0;
-      }
+    try {
+      std::unique_ptr<LoadedVariant> variant = load_variant(file);
+      by_name_[variant->name] = variant.get();
+      variants_.push_back(std::move(variant));
+    } catch (const VariantError& e) {
+      failures_.push_back({file.name, e.what()});
     }
-    std::unique_ptr<LoadedVariant> variant;
-    if (error.empty()) {
-      try {
-        variant = load_variant(file, error);
-      } catch (const std::exception& e) {  // e.g. bad_alloc for a corrupt memory plan
-        error = "variant '" + file.name + "': loading failed (" + e.what() +
-                "); the .pte is corrupt or not an ExecuTorch program, re-export it";
-      }
-    }
-    if (!variant) {
-      failed_.push_back({{"name", file.name}, {"error", error}});
-      continue;
-    }
-    variant->verify_ms = verify_ms;
-    variant->check_ms = check_ms;
-    by_name_[variant->name] = variant.get();
-    variants_.push_back(std::move(variant));
   }
   current_ = variants_.empty() ? nullptr : variants_.front().get();
 }
 
-std::unique_ptr<LoadedVariant> Runner::load_variant(const VariantFile& file, std::string& error) {
+bool Runner::wanted(const VariantFile& file) const {
+  const auto& only = options_.only_variants;
+  return only.empty() || std::find(only.begin(), only.end(), file.name) != only.end();
+}
+
+std::unique_ptr<LoadedVariant> Runner::load_variant(VariantFile& file) {
+  const auto verify_start = Clock::now();
+  verify_variant_file(file, options_.verify);
+  const double verify_ms = elapsed_ms(verify_start);
+  if (!file.error.empty()) {
+    throw VariantError(file.error);
+  }
+  const double check_ms = trial_load(file);
+  std::unique_ptr<LoadedVariant> variant;
+  try {
+    variant = open_program(file);
+    variant->first_infer_ms = first_inference_ms(*variant);
+  } catch (const VariantError&) {
+    throw;
+  } catch (const CommandError& e) {  // the first inference failed
+    throw VariantError(e.what());
+  } catch (const std::exception& e) {  // e.g. bad_alloc for a corrupt memory plan
+    throw VariantError("variant '" + file.name + "': loading failed (" + e.what() +
+                       "); the .pte is corrupt or not an ExecuTorch program, re-export it");
+  }
+  variant->verify_ms = verify_ms;
+  variant->check_ms = check_ms;
+  return variant;
+}
+
+double Runner::trial_load(const VariantFile& file) {
+  if (isolation_ != Isolation::Subprocess) {
+    return 0;
+  }
+  const auto start = Clock::now();
+  const IsolatedCheck check =
+      check_in_subprocess(portfolio_dir_, options_.precision, file.name, options_.threads);
+  switch (check.outcome) {
+    case IsolatedCheck::Outcome::Crashed:
+      throw VariantError("variant '" + file.name + "': loading it crashed a trial process (" +
+                         check.detail + "); the .pte is corrupt although it matches the manifest, re-export it");
+    case IsolatedCheck::Outcome::Unavailable:  // from now on, variants load without a trial
+      isolation_ = Isolation::Unavailable;
+      isolation_problem_ = check.detail;
+      return 0;
+    case IsolatedCheck::Outcome::Passed:
+    case IsolatedCheck::Outcome::Failed:  // the load below tells why
+      break;
+  }
+  return elapsed_ms(start);
+}
+
+std::unique_ptr<LoadedVariant> Runner::open_program(const VariantFile& file) {
   auto variant = std::make_unique<LoadedVariant>();
   variant->name = file.name;
   variant->path = file.path;
@@ -149,50 +188,53 @@ std::unique_ptr<LoadedVariant> Runner::load_variant(const VariantFile& file, std
   // Full flatbuffer verification: a corrupt file must fail here, not crash later.
   Error status = variant->module->load(Program::Verification::InternalConsistency);
   if (status != Error::Ok) {
-    error = "variant '" + file.name + "': cannot load program '" + file.path + "' (" +
-            executorch::runtime::to_string(status) +
-            "); the .pte is corrupt or was exported for another ExecuTorch version (runner "
-            "built against " SHIFTER_EXECUTORCH_VERSION ")";
-    return nullptr;
+    throw VariantError("variant '" + file.name + "': cannot load program '" + file.path + "' (" +
+                       executorch::runtime::to_string(status) +
+                       "); the .pte is corrupt or was exported for another ExecuTorch version (runner "
+                       "built against " SHIFTER_EXECUTORCH_VERSION ")");
   }
-  auto meta = variant->module->method_meta("forward");
-  if (!meta.ok()) {
-    error = "variant '" + file.name + "': program has no 'forward' method";
-    return nullptr;
-  }
-  auto tensor_meta = meta->num_inputs() == 1 ? meta->input_tensor_meta(0)
-                                             : executorch::runtime::Result<
-                                                   executorch::runtime::TensorInfo>(Error::InvalidArgument);
-  std::vector<int64_t> expected(manifest_.input_shape.begin(), manifest_.input_shape.end());
-  if (!tensor_meta.ok()) {
-    error = "variant '" + file.name + "': forward takes " + std::to_string(meta->num_inputs()) +
-            " inputs; the runner feeds exactly one float32 tensor";
-    return nullptr;
-  }
-  std::vector<int64_t> actual(tensor_meta->sizes().begin(), tensor_meta->sizes().end());
-  if (actual != expected || tensor_meta->scalar_type() != executorch::aten::ScalarType::Float) {
-    error = "variant '" + file.name + "': forward expects a tensor of shape " + shape_text(actual) +
-            " (scalar type " + std::to_string(int(tensor_meta->scalar_type())) +
-            ") but the manifest input is float32 " + shape_text(expected) +
-            "; re-export the variant with the manifest's input shape";
-    return nullptr;
-  }
+  check_forward_input(file, *variant->module);
   status = variant->module->load_method("forward");
   if (status != Error::Ok) {
-    error = "variant '" + file.name + "': cannot load method 'forward' (" +
-            executorch::runtime::to_string(status) +
-            "); the program is invalid, or needs an operator or delegate this runner was not "
-            "built with";
-    return nullptr;
+    throw VariantError("variant '" + file.name + "': cannot load method 'forward' (" +
+                       executorch::runtime::to_string(status) +
+                       "); the program is invalid, or needs an operator or delegate this runner was not "
+                       "built with");
   }
   variant->load_ms = elapsed_ms(start);
-  try {
-    variant->first_infer_ms = first_inference_ms(*variant);
-  } catch (const CommandError& e) {
-    error = e.what();
-    return nullptr;
-  }
   return variant;
+}
+
+void Runner::check_forward_input(const VariantFile& file, Module& module) const {
+  auto meta = module.method_meta("forward");
+  if (!meta.ok()) {
+    throw VariantError("variant '" + file.name + "': program has no 'forward' method");
+  }
+  if (meta->num_inputs() != 1 || !meta->input_tensor_meta(0).ok()) {
+    throw VariantError("variant '" + file.name + "': forward takes " + std::to_string(meta->num_inputs()) +
+                       " inputs; the runner feeds exactly one float32 tensor");
+  }
+  const auto tensor_meta = meta->input_tensor_meta(0);
+  std::vector<int64_t> expected(manifest_.input_shape.begin(), manifest_.input_shape.end());
+  std::vector<int64_t> actual(tensor_meta->sizes().begin(), tensor_meta->sizes().end());
+  if (actual != expected || tensor_meta->scalar_type() != executorch::aten::ScalarType::Float) {
+    throw VariantError("variant '" + file.name + "': forward expects a tensor of shape " + shape_text(actual) +
+                       " (scalar type " + std::to_string(int(tensor_meta->scalar_type())) +
+                       ") but the manifest input is float32 " + shape_text(expected) +
+                       "; re-export the variant with the manifest's input shape");
+  }
+}
+
+std::string Runner::isolation_text() const {
+  switch (isolation_) {
+    case Isolation::Subprocess:
+      return "subprocess";
+    case Isolation::Off:
+      return "off";
+    case Isolation::Unavailable:
+      return "unavailable: " + isolation_problem_;
+  }
+  return "unknown";
 }
 
 double Runner::first_inference_ms(LoadedVariant& variant) {
@@ -250,10 +292,9 @@ LoadedVariant& Runner::resolve(const std::string& name) {
   if (found == by_name_.end()) {
     std::string known;
     for (const auto& variant : variants_) known += (known.empty() ? "" : ", ") + variant->name;
-    for (const auto& failure : failed_) {
-      if (failure["name"] == name) {
-        throw CommandError("variant '" + name + "' failed to load: " +
-                           failure["error"].get<std::string>());
+    for (const LoadFailure& failure : failures_) {
+      if (failure.name == name) {
+        throw CommandError("variant '" + name + "' failed to load: " + failure.error);
       }
     }
     throw CommandError("unknown variant '" + name + "'; loaded: " +
@@ -263,12 +304,20 @@ LoadedVariant& Runner::resolve(const std::string& name) {
 }
 
 json Runner::handle(const Request& request) {
-  if (request.cmd == "switch") return do_switch(request);
-  if (request.cmd == "infer") return infer(request);
-  if (request.cmd == "bench") return bench(request);
-  if (request.cmd == "bench_reload") return bench_reload(request);
-  if (request.cmd == "stats") return stats();
-  if (request.cmd == "quit") return json::object();
+  switch (request.command) {
+    case Command::Switch:
+      return do_switch(request);
+    case Command::Infer:
+      return infer(request);
+    case Command::Bench:
+      return bench(request);
+    case Command::BenchReload:
+      return bench_reload(request);
+    case Command::Stats:
+      return stats();
+    case Command::Quit:
+      return json::object();
+  }
   throw CommandError("command '" + request.cmd + "' is not implemented");
 }
 
@@ -463,7 +512,7 @@ json Runner::stats() const {
   const MemoryUsage memory = memory_usage();
   json loaded = json::array(), failed = json::array();
   for (const auto& variant : variants_) loaded.push_back(variant->name);
-  for (const auto& failure : failed_) failed.push_back(failure["name"]);
+  for (const LoadFailure& failure : failures_) failed.push_back(failure.name);
   return {{"rss_kb", memory.rss_kb},
           {"peak_rss_kb", memory.peak_rss_kb},
           {"loaded", loaded},
@@ -475,7 +524,8 @@ json Runner::stats() const {
 }
 
 json Runner::ready_event(double startup_ms) const {
-  json loaded = json::array(), details = json::object();
+  json loaded = json::array(), details = json::object(), failed = json::array();
+  for (const LoadFailure& failure : failures_) failed.push_back({{"name", failure.name}, {"error", failure.error}});
   for (const auto& variant : variants_) {
     loaded.push_back(variant->name);
     details[variant->name] = {{"bytes", variant->bytes},
@@ -492,10 +542,10 @@ json Runner::ready_event(double startup_ms) const {
           {"precision", options_.precision},
           {"input", {{"shape", manifest_.input_shape}, {"dtype", manifest_.input_dtype}}},
           {"threads", thread_count()},
-          {"isolation", isolation_},
+          {"isolation", isolation_text()},
           {"loaded", loaded},
           {"variants", details},
-          {"failed", failed_},
+          {"failed", failed},
           {"current", current_ ? json(current_->name) : json(nullptr)},
           {"startup_ms", rounded(startup_ms)},
           {"rss_kb", memory.rss_kb},

@@ -42,14 +42,24 @@ struct LoadedVariant {
   double first_infer_ms = 0;  // first forward right after loading
 };
 
+// A variant of the manifest that could not be loaded, and why (the error names the remedy).
+struct LoadFailure {
+  std::string name;
+  std::string error;
+};
+
+// Whether variants are trial-loaded in a child process first (isolated_check.h).
+enum class Isolation { Subprocess, Off, Unavailable };
+
 // The deterministic input used when a request names no input file:
 // x[i] = float((i * 37) % 101) / 50 - 1, computed in float32 (C order).
 void fill_pattern(std::vector<float>& values);
 
 class Runner {
  public:
-  // Verifies and loads every usable variant; problems are recorded in failed(), not thrown.
-  Runner(std::string portfolio_dir, Manifest manifest, RunnerOptions options);
+  // Verifies and loads every usable variant of the portfolio; a variant that cannot be used is
+  // recorded in failures(), not thrown.
+  static std::unique_ptr<Runner> load(std::string portfolio_dir, Manifest manifest, RunnerOptions options);
 
   nlohmann::json ready_event(double startup_ms) const;
   // Answers one parsed request with the fields of a successful response (without "ok", "cmd"
@@ -58,10 +68,23 @@ class Runner {
 
   bool empty() const { return variants_.empty(); }
   const std::vector<std::unique_ptr<LoadedVariant>>& variants() const { return variants_; }
-  const nlohmann::json& failed() const { return failed_; }
+  const std::vector<LoadFailure>& failures() const { return failures_; }
 
  private:
-  std::unique_ptr<LoadedVariant> load_variant(const VariantFile& file, std::string& error);
+  // Construction only: the input buffer; nothing is read until load().
+  Runner(std::string portfolio_dir, Manifest manifest, RunnerOptions options);
+
+  // Loading, in order: the files write_output must never touch, then every wanted variant.
+  void protect_portfolio_files();
+  void load_variants();
+  bool wanted(const VariantFile& file) const;
+  // Each throws VariantError naming the problem and the remedy.
+  std::unique_ptr<LoadedVariant> load_variant(VariantFile& file);
+  double trial_load(const VariantFile& file);  // the isolated check; its ms, 0 when not run
+  std::unique_ptr<LoadedVariant> open_program(const VariantFile& file);
+  void check_forward_input(const VariantFile& file, executorch::extension::Module& module) const;
+  std::string isolation_text() const;
+
   LoadedVariant& resolve(const std::string& name);  // "" = current variant
   LoadedVariant* activate(const std::string& name);
   // Runs forward `runs` times on the input buffer, returning each latency in ms; keeps the
@@ -92,8 +115,9 @@ class Runner {
   std::vector<std::unique_ptr<LoadedVariant>> variants_;  // manifest order
   std::map<std::string, LoadedVariant*> by_name_;
   LoadedVariant* current_ = nullptr;
-  nlohmann::json failed_ = nlohmann::json::array();  // [{"name":..., "error":...}]
-  std::string isolation_;  // "subprocess", "off" or "unavailable: <reason>"
+  std::vector<LoadFailure> failures_;  // manifest order
+  Isolation isolation_;
+  std::string isolation_problem_;  // why isolation is Unavailable
   int64_t inferences_ = 0;
 };
 
