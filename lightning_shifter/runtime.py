@@ -352,13 +352,20 @@ class Switcher:
         """The first output of :meth:`run`."""
         return self.run(*inputs).outputs[0]
 
-    def remeasure(self, warmup: int = 3, runs: int = 20, interval_s: float = 0.0) -> list[Option]:
+    def remeasure(self, warmup: int = 3, runs: int = 20, interval_s: float = 0.0,
+                  percentile: int = 50) -> list[Option]:
         """Time every preloaded program again (e.g. after the load on the machine changed, or paced
-        at the rate the application will infer at: ``interval_s``, see :func:`latency_percentiles`)."""
+        at the rate the application will infer at: ``interval_s``, see :func:`latency_percentiles`).
+
+        ``percentile`` 50 records the median as each option's latency, 90 the 90th percentile: the
+        latency that a budget policy then compares with a budget is met by nine runs in ten.
+        """
+        if percentile not in (50, 90):
+            raise ValueError(f"percentile must be 50 or 90, got {percentile!r}")
         for program in self._programs.values():
             with program.lock:
-                latency_ms, _ = latency_percentiles(program.method, [self._example], warmup, runs, interval_s)
-            program.option = replace(program.option, latency_ms=latency_ms)
+                p50, p90 = latency_percentiles(program.method, [self._example], warmup, runs, interval_s)
+            program.option = replace(program.option, latency_ms=p50 if percentile == 50 else p90)
         return self.options()
 
     def __repr__(self) -> str:

@@ -328,3 +328,19 @@ def test_policy_and_signal_names_are_still_importable_from_runtime():
         for name in [n for n in dir(module) if n[0].isupper() and isinstance(getattr(module, n), type)]:
             if getattr(module, name).__module__ == module.__name__:
                 assert getattr(runtime, name) is getattr(module, name), name
+
+
+
+def test_remeasure_records_the_median_or_the_90th_percentile(exported_portfolio, monkeypatch):
+    import lightning_shifter.runtime as runtime_module
+
+    root, _, _ = exported_portfolio
+    switcher = Switcher(root, ("fp32",), measure=None)
+    paced = []
+    monkeypatch.setattr(runtime_module, "latency_percentiles",
+                        lambda method, inputs, warmup, runs, interval_s: paced.append(interval_s) or (1.0, 3.0))
+    assert {o.latency_ms for o in switcher.remeasure(runs=2, interval_s=0.01)} == {1.0}
+    assert {o.latency_ms for o in switcher.remeasure(runs=2, interval_s=0.01, percentile=90)} == {3.0}
+    assert set(paced) == {0.01}
+    with pytest.raises(ValueError, match="percentile must be 50 or 90"):
+        switcher.remeasure(percentile=99)
