@@ -1,8 +1,10 @@
 """Real IMP runs: what compaction buys on models trained with the callbacks, round by round.
 
 For each model (a VGG-style net and a CIFAR-style ResNet-18, on scikit-learn's real digits) and each
-pruning criterion (plain global magnitude, DNNShifter's, and the structure-aware
-:class:`~lightning_shifter.criteria.ChannelAwareMagnitude`), one real ``Trainer.fit`` runs
+pruning criterion (plain global magnitude, DNNShifter's; the structure-aware
+:class:`~lightning_shifter.criteria.ChannelAwareMagnitude`, whose filters coupled by residual
+additions share one strength; and the same scored per layer, ``coupled=False``), one real
+``Trainer.fit`` runs
 :class:`~lightning_shifter.IterativeMagnitudePruning` with rewinding down to ``--final-density``
 (default 0.5%) and :class:`~lightning_shifter.Compaction` saves every round (``keep="all"``, so that
 every round is measured). Then, per round:
@@ -22,11 +24,11 @@ first round with a variant >= 5.14x smaller than dense within that point (DNNShi
 (host ExecuTorch and the native runner when it can be built), is compared with the same rounds
 uncompacted and with one dense program.
 
-Run: ``python bench/real_runs.py [--models vgg,resnet18] [--criteria magnitude,channel]
+Run: ``python bench/real_runs.py [--models vgg,resnet18] [--criteria magnitude,channel,channel-per-layer]
 [--alpha 3] [--rounds 15] [--final-density 0.005] [--epochs-per-round 3] [--accelerator auto]
 [--update-readme]``; writes ``bench/results/real_runs.json`` (and, with ``--update-readme``, the
-table into README.md). About 20-30 minutes on 2 cores; the training part runs on a GPU with
-``--accelerator gpu``.
+table into README.md). About 17 minutes on 2 cores with the default two criteria (the README's table
+adds ``channel-per-layer``: 29 minutes); the training part runs on a GPU with ``--accelerator gpu``.
 """
 
 from __future__ import annotations
@@ -133,10 +135,17 @@ class SparseSnapshots(pl.Callback):
         self.states[record.round] = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
 
 
+CRITERIA = {
+    "magnitude": lambda alpha: magnitude,
+    "channel": lambda alpha: ChannelAwareMagnitude(alpha=alpha),
+    "channel-per-layer": lambda alpha: ChannelAwareMagnitude(alpha=alpha, coupled=False),
+}
+
+
 # ---------------------------------------------------------------------------------------- one run
 def train(model_name: str, criterion_name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pl.seed_everything(args.seed, verbose=False)
-    criterion = magnitude if criterion_name == "magnitude" else ChannelAwareMagnitude(alpha=args.alpha)
+    criterion = CRITERIA[criterion_name](args.alpha)
     imp = IterativeMagnitudePruning(rounds=args.rounds, final_density=args.final_density,
                                     epochs_per_round=args.epochs_per_round, rewind_step=args.rewind_step,
                                     criterion=criterion, summary_file=None, verbose=False)
@@ -361,7 +370,7 @@ SUMMARY_COLUMNS = ("model", "criterion", "dense params / acc (best round)", "hea
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        f"Measured by `bench/real_runs.py` ({args.rounds} rounds to density {args.final_density}, "
+        f"Measured by `bench/real_runs.py --criteria {args.criteria}` ({args.rounds} rounds to density {args.final_density}, "
         f"{args.epochs_per_round} epochs each, rewind to step {args.rewind_step}, digits at "
         f"{args.image_size}x{args.image_size}, seed {args.seed}, {os.cpu_count()} cores, accelerator "
         f"{args.accelerator}); latencies are host ExecuTorch fp32, 1 thread, compacted vs the dense program.",
@@ -401,7 +410,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vgg,resnet18")
     parser.add_argument("--criteria", default="magnitude,channel",
-                        help="magnitude (plain, the paper's) and/or channel (ChannelAwareMagnitude)")
+                        help="magnitude (plain, the paper's), channel (ChannelAwareMagnitude), channel-per-layer "
+                             "(the same with coupled=False)")
     parser.add_argument("--alpha", type=float, default=3.0, help="ChannelAwareMagnitude's alpha (default: 3)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--final-density", type=float, default=0.005)
@@ -421,8 +431,8 @@ def main() -> None:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; use {sorted(MODELS)}")
     for name in criteria:
-        if name not in ("magnitude", "channel"):
-            parser.error(f"unknown criterion {name!r}; use magnitude, channel")
+        if name not in CRITERIA:
+            parser.error(f"unknown criterion {name!r}; use {', '.join(CRITERIA)}")
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     console = Console(width=max(Console().width, 160))

@@ -25,6 +25,8 @@ MODULES = [
     "lightning_shifter.compaction.original",
     "lightning_shifter.compaction.report",
     "lightning_shifter.compaction.rules",
+    "lightning_shifter.compaction.sets",
+    "lightning_shifter.criteria",
     "lightning_shifter.demo",
     "lightning_shifter.demo.data",
     "lightning_shifter.demo.models",

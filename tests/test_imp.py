@@ -287,6 +287,8 @@ def _without_time(records: list[RoundRecord]) -> list[tuple]:
         pytest.param(2, magnitude, id="mid-round-after-prune"),
         pytest.param(5, magnitude, id="after-the-last-round"),
         pytest.param(2, ChannelAwareMagnitude(alpha=2.0), id="mid-round-after-prune-channel-aware"),
+        # the resumed fit prunes before its first batch: the criterion is bound from the checkpoint's input spec
+        pytest.param(1, ChannelAwareMagnitude(alpha=2.0), id="round-boundary-before-prune-channel-aware"),
     ],
 )
 def test_resume_reproduces_the_uninterrupted_run(digits, make_trainer, tmp_path, epoch, criterion):
@@ -301,6 +303,41 @@ def test_resume_reproduces_the_uninterrupted_run(digits, make_trainer, tmp_path,
     _assert_same(imp.norm_masks, full_imp.norm_masks, "norm_masks")
     assert not all(bool(m.all()) for m in full_imp.norm_masks.values()), "dead channels make the comparison count"
     assert _without_time(imp.records) == _without_time(full_imp.records)
+
+
+class BindingCriterion:
+    """Plain magnitude that records how the callback binds it to the model (``for_model``)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.bound: list[tuple[nn.Module, list[tuple[int, ...]]]] = []
+
+    def for_model(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]):
+        self.bound.append((model, [tuple(x.shape) for x in example_inputs]))
+        if self.fail:
+            raise RuntimeError("this model has no graph")
+        return magnitude
+
+    def __call__(self, weights, layers):
+        assert self.fail, "a criterion that was bound scores through what for_model returned"
+        return magnitude(weights, layers)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["bound", "untraceable"])
+def test_the_criterion_is_bound_to_the_model_once_per_fit(digits, make_trainer, fail):
+    pl.seed_everything(0)
+    model, criterion = DigitsResNet(width=4), BindingCriterion(fail)
+    imp = IterativeMagnitudePruning(target_densities=[0.3, 0.1], epochs_per_round=1, rewind_step=2,
+                                    summary_file=None, verbose=False, criterion=criterion)
+    trainer = make_trainer(max_epochs=5, callbacks=[imp], limit_train_batches=4, limit_val_batches=1)
+    if fail:  # the fit goes on with the unbound criterion, and says why
+        with pytest.warns(UserWarning, match=r"scores each layer on its own.*RuntimeError: this model has no graph"):
+            trainer.fit(model, datamodule=digits)
+    else:
+        trainer.fit(model, datamodule=digits)
+    assert criterion.bound == [(model, [(1, 1, digits.image_size, digits.image_size)])]
+    total = sum(m.numel() for m in imp.masks.values())
+    assert sum(int(m.sum()) for m in imp.masks.values()) == keep_count(total, 0.1)
 
 
 def test_resume_with_another_schedule_or_criterion_is_refused(digits, make_trainer, tmp_path):

@@ -26,7 +26,8 @@ Speed: the copy is structural (new module objects, cloned tensors, no deep copy 
 the model runs twice before and twice after (example and random input; a third time each for
 ``check_inputs``), and MACs are computed from the recorded shapes rather than under a flop counter.
 :mod:`.original` restates the original DNNShifter rule for comparison (the demo reports both,
-``bench/compaction.py`` measures both).
+``bench/compaction.py`` measures both). :func:`channel_sets` exposes which channels of different
+layers can only go together (for pruning criteria that weaken such sets as a whole).
 
 Example:
     >>> import torch
@@ -74,12 +75,13 @@ from lightning_shifter.compaction.rules import (
     unregister_channel_rule,
     wrapped_functions,
 )
+from lightning_shifter.compaction.sets import LayerChannelSets, channel_sets
 from lightning_shifter.compaction.verify import error, first_divergence, leaves, random_like, to_float64
 from lightning_shifter.errors import ShifterError
 
 __all__ = [
-    "ChannelWise", "CompactionError", "CompactionReport", "CompactionResult", "LayerReport", "compact", "count_macs",
-    "materialized_copy", "register_channel_rule", "unregister_channel_rule",
+    "ChannelWise", "CompactionError", "CompactionReport", "CompactionResult", "LayerChannelSets", "LayerReport",
+    "channel_sets", "compact", "count_macs", "materialized_copy", "register_channel_rule", "unregister_channel_rule",
 ]
 
 RANDOM_CHECKS = 1  # random inputs verified besides the example and ``check_inputs``

@@ -44,7 +44,8 @@ class Removal:
         return self.placeholder[self.labels[ids]]
 
 
-def _components(graph: ChannelGraph) -> Tensor:
+def components(graph: ChannelGraph) -> Tensor:
+    """The channel set of every channel id: ids that ``graph.unions`` connects share one label."""
     if not graph.unions:
         return torch.arange(graph.num_ids)
     a = torch.cat([u[0] for u in graph.unions]).numpy()
@@ -77,7 +78,7 @@ class _UsedCache:
 
 
 def decide(graph: ChannelGraph) -> Removal:
-    labels = _components(graph)
+    labels = components(graph)
     sets = int(labels.max()) + 1 if labels.numel() else 0
     pinned = torch.zeros(sets, dtype=torch.bool)
     for ids, _ in graph.pins:
