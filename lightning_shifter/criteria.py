@@ -118,14 +118,17 @@ class ChannelAwareMagnitude:
             removable), not only by the output filter's.
         coupled: share the factors across the layers whose channels compaction removes together.
             Checkpoints written before this option existed were scored with ``coupled=False``.
-        channel_sets: what :meth:`for_model` fills in (weight name -> the channel sets of that
-            layer); layers without an entry are scored on their own.
+
+    Attributes:
+        channel_sets: set by :meth:`for_model` on the copy it returns (weight name -> the channel
+            sets of that layer); ``None`` before, and layers without an entry are scored on their own.
     """
 
     alpha: float = 3.0
     inputs: bool = True
     coupled: bool = True
-    channel_sets: Mapping[str, LayerChannelSets] | None = dataclasses.field(default=None, repr=False, compare=False)
+    channel_sets: Mapping[str, LayerChannelSets] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0 <= self.alpha < 1e3:
@@ -140,7 +143,9 @@ class ChannelAwareMagnitude:
         if not self.coupled or not self.alpha:
             return self
         sets = channel_sets(model, example_inputs)
-        return dataclasses.replace(self, channel_sets={f"{name}.weight": s for name, s in sets.items()})
+        bound = dataclasses.replace(self)
+        object.__setattr__(bound, "channel_sets", {f"{name}.weight": s for name, s in sets.items()})  # frozen
+        return bound
 
     @torch.no_grad()
     def __call__(self, weights: Mapping[str, Tensor], layers: Mapping[str, nn.Module]) -> dict[str, Tensor]:

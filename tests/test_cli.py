@@ -261,7 +261,7 @@ def test_fit_runs_a_config_with_the_shifter_callbacks(tmp_path, capsys):
         "lightning_shifter.IterativeMagnitudePruning", "lightning_shifter.Compaction", "lightning_shifter.ExecuTorchExport"]
     imp = printed["trainer"]["callbacks"][0]["init_args"]
     assert imp["criterion"] == {"class_path": "lightning_shifter.criteria.ChannelAwareMagnitude",
-                                "init_args": {"alpha": 2.0, "inputs": True}}
+                                "init_args": {"alpha": 2.0, "inputs": True, "coupled": True}}
     assert main(["fit", "--config", str(config)]) == 0
     portfolio = Portfolio.open(tmp_path / "portfolio")
     assert portfolio.names == ["round-00", "round-01"]
