@@ -113,7 +113,7 @@ class ChannelAwareMagnitude:
 
     Args:
         alpha: strength of the structural push, >= 0. Larger values empty whole filters sooner; 2 to 4
-            measured well on real runs (README, "Real runs"), 3 is the default.
+            measured well on real runs (README, "Real IMP runs"), 3 is the default.
         inputs: also scale by the input channel's strength (channels read by no filter become
             removable), not only by the output filter's.
         coupled: share the factors across the layers whose channels compaction removes together.
