@@ -373,6 +373,14 @@ def _plot_session(events: Sequence[Mapping[str, Any]], title: str, path: Path) -
     budget = [(t, e["budget_ms"]) for t, e in zip(times, events) if e.get("budget_ms") is not None]
     if budget:
         top.step([t for t, _ in budget], [b for _, b in budget], where="post", color="#d9480f", label="latency budget")
+    if latency and budget:
+        # a few millisecond-long scheduler hiccups would squash the budget line: scale to the budgets
+        ceiling = 2.0 * max(b for _, b in budget)
+        above = sum(ms > ceiling for _, ms in latency)
+        if above:
+            top.set_ylim(0, ceiling)
+            top.text(0.01, 0.97, f"{above} of {len(latency)} inferences above {ceiling:.2g} ms, off scale",
+                     transform=top.transAxes, fontsize=7, va="top")
     top.set_ylabel("ms")
     top.grid(alpha=0.3)
     if latency or budget:

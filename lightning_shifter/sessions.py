@@ -138,7 +138,8 @@ def host_switch_session(switcher: Switcher, duration_s: float, interval_s: float
         events.append(event)
         if on_step is not None:
             on_step(elapsed)
-        time.sleep(max(0.0, start + len(events) * interval_s - time.monotonic()))
+        if interval_s > 0:  # sleep(0) would still yield the processor, and the next inference runs colder
+            time.sleep(max(0.0, start + len(events) * interval_s - time.monotonic()))
     return events
 
 

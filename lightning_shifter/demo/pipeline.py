@@ -30,7 +30,6 @@ from lightning_shifter.portfolio import PRECISIONS, Portfolio
 from lightning_shifter.report import write_report
 from lightning_shifter.runtime import Switcher, load_method
 from lightning_shifter.sessions import (
-    SESSION_INTERVAL_S,
     budget_schedule,
     device_session_events,
     host_switch_session,
@@ -128,10 +127,15 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
     portfolio = Portfolio.open(portfolio_dir, verify=False)
     # switch along the Pareto front: variants that differ in size, not only in training noise
     front = [v.name for v in portfolio.pareto_front()]
-    switcher = Switcher(portfolio_dir, args.precisions, variants=front, policy=LatencyBudget(), measure=None)
-    # timed at the session's pace (one inference every 10 ms: caches go cold in between), by the latency
-    # nine runs in ten meet, so that the budgets below are ones the chosen programs meet in the session
-    options = switcher.remeasure(runs=20, interval_s=SESSION_INTERVAL_S, percentile=90)
+    # among the fp32 programs when there are any: the demo's int8 programs all run in 0.03-0.07 ms on
+    # this host, differences as small as its timing noise, and the most accurate of them is also the
+    # fastest, so a budget would have nothing to choose between
+    precisions = ["fp32"] if "fp32" in args.precisions else list(args.precisions)
+    switcher = Switcher(portfolio_dir, precisions, variants=front, policy=LatencyBudget(), measure=None)
+    # the session infers back to back, and the budgets come from the latency that nine back-to-back runs
+    # in ten meet. Paced (an inference every 1-10 ms), this host's wake-up cost of ~0.3 ms swamps these
+    # sub-millisecond programs and every variant times alike
+    options = switcher.remeasure(runs=100, interval_s=0.0, percentile=90)
     schedule = budget_schedule(options, args.session_seconds)
     switcher.signals.append(ScheduleSignal("latency_budget_ms", schedule))
     load_ms = [load_method(portfolio.file_path(o.name, o.precision))[1] for o in switcher.options()]
@@ -139,8 +143,8 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
     sessions, summaries = {}, {}
     with progress_bar(not args.no_progress) as progress:
         task = progress.add_task("switching session, host ExecuTorch", total=round(args.session_seconds, 1))
-        events = host_switch_session(
-            switcher, args.session_seconds, on_step=lambda t: progress.update(task, completed=round(t, 1)))
+        events = host_switch_session(switcher, args.session_seconds, interval_s=0.0,
+                                     on_step=lambda t: progress.update(task, completed=round(t, 1)))
         progress.update(task, completed=round(args.session_seconds, 1))
     sessions["host ExecuTorch Switcher"] = events
     summaries["host ExecuTorch Switcher"] = switching_summary(events, load_ms, inferences=len(events))
@@ -148,17 +152,17 @@ def _demo_sessions(portfolio_dir: Path, args: argparse.Namespace, device: Any, c
 
     if device is not None:
         # the runner's latencies differ from the host runtime's: scale its budget to what it measured
-        on_device = [o for o in device_options(Portfolio.open(portfolio_dir, verify=False), device.id, args.precisions)
+        on_device = [o for o in device_options(Portfolio.open(portfolio_dir, verify=False), device.id, precisions)
                      if o.name in front and o.latency_ms is not None]
         device_schedule = budget_schedule(on_device, args.session_seconds) if on_device else schedule
         with console.status(f"switching session on the native runner ({device.id})"):
             report = switch_session(device, portfolio_dir, LatencyBudget(),
                                     [ScheduleSignal("latency_budget_ms", device_schedule)],
-                                    duration_s=args.session_seconds, precisions=args.precisions, variants=front)
+                                    duration_s=args.session_seconds, precisions=precisions, variants=front)
         events = device_session_events(report)
         reload_ms = [v[p]["reload_ms"] for v in (variant.devices.get(device.id, {})
                                                   for variant in Portfolio.open(portfolio_dir, verify=False).variants)
-                     for p in args.precisions if p in v]
+                     for p in precisions if p in v]
         sessions[f"native runner ({device.id})"] = events
         summaries[f"native runner ({device.id})"] = switching_summary(events, reload_ms, report.inferences)
     return sessions, summaries
