@@ -454,8 +454,9 @@ class IterativeMagnitudePruning(Callback):
                           batch_size=1)
         if self.schedule_per_round and self._schedule_end is None:  # round 0: where its last step stands
             self._positions = _scheduler_positions(trainer)
-        if self._input_spec is None:
-            self._input_spec = _input_spec(pl_module, batch)
+        # what a criterion with for_model is bound with: looked for once an epoch until found, not every step
+        if batch_idx == 0 and self._input_spec is None and callable(getattr(self.criterion, "for_model", None)):
+            self._input_spec = _input_spec_of(pl_module, batch)
         if self._norm_pairs is None and self.mask_norm_affine and self._recorder is None:
             self._recorder = ExitStack()
             self._norm_sources = self._recorder.enter_context(M.record_norm_successors(pl_module, self._layer_names()))
@@ -807,7 +808,7 @@ class IterativeMagnitudePruning(Callback):
         self._input_spec = state_dict.get("input_spec")
 
 
-def _input_spec(pl_module: pl.LightningModule, batch: Any) -> tuple[list[int], str] | None:
+def _input_spec_of(pl_module: pl.LightningModule, batch: Any) -> tuple[list[int], str] | None:
     """Shape (batch size 1) and dtype name of one input of ``batch`` (else of the module's
     ``example_input_array``), or None when neither is a tensor."""
     try:
