@@ -133,6 +133,9 @@ class ChannelAwareMagnitude:
     def __post_init__(self) -> None:
         if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0 <= self.alpha < 1e3:
             raise ValueError(f"alpha must be a number >= 0 (0 is plain magnitude), got {self.alpha!r}")
+        for name in ("inputs", "coupled"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def for_model(self, model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> ChannelAwareMagnitude:
         """This criterion bound to the channel sets of ``model`` (itself when ``coupled`` is False).

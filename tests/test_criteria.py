@@ -81,6 +81,8 @@ def test_at_equal_density_whole_filters_die_sooner(seed: int, density: float) ->
 def test_alpha_is_checked_and_criteria_describe_themselves() -> None:
     with pytest.raises(ValueError, match="alpha must be a number >= 0"):
         ChannelAwareMagnitude(alpha=-1)
+    with pytest.raises(ValueError, match="coupled must be True or False, got 'no'"):
+        ChannelAwareMagnitude(coupled="no")
     assert describe(magnitude) == "magnitude"
     assert describe(ChannelAwareMagnitude(alpha=1.5, inputs=False)) == (
         "ChannelAwareMagnitude(alpha=1.5, inputs=False, coupled=True)")
